@@ -1,0 +1,47 @@
+"""The ``gradlab`` command: one module per subcommand, no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gradlab.cli import compare, demo, evaluate, figures, predict, sweep, train
+
+SUBCOMMANDS = {
+    "train": train,
+    "evaluate": evaluate,
+    "predict": predict,
+    "demo": demo,
+    "figures": figures,
+    "compare": compare,
+    "sweep": sweep,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradlab", description="Gradient-conflict analysis for multi-task BERT training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gradlab`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:
+        # Errors from gradlab name what is wrong; show them without a traceback.
+        print(f"gradlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""``gradlab predict CHECKPOINT --task sst --input FILE --out FILE``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="write a checkpoint's predictions for a task file")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--task", required=True, help="sst, para or sts")
+    p.add_argument("--input", type=Path, required=True, help="task file (TSV, as the dev files)")
+    p.add_argument("--out", type=Path, required=True, help="output TSV: id, prediction")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradlab.inference import predict_file
+
+    path, count = predict_file(args.checkpoint, args.task, args.input, args.out, args.overrides)
+    print(f"wrote {count} predictions to {path}")
+    return 0

@@ -1,0 +1,52 @@
+"""``gradlab train --config configs/X.yaml key=value ...`` (or ``--resume RUN``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a multitask model and log it to a run store",
+                       description="Train; overrides are key=value (unknown keys are refused).")
+    p.add_argument("--config", type=Path, default=None, help="YAML config file")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue the run folder RUN from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradlab.train import train
+
+    if args.resume is not None:
+        handle = resume(args.resume, args.overrides)
+    else:
+        handle = train(args.config, **_overrides(args.overrides))
+    print(json.dumps({"run": str(handle.path), "metrics": handle.metrics,
+                      "wall_time_s": round(handle.wall_time, 1)}, indent=1))
+    return 0
+
+
+def resume(run_dir: Path, overrides: list[str]):
+    """Continue ``run_dir`` with the config saved in it (plus overrides, e.g. progress)."""
+    from gradlab.train import train
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    values = _overrides(overrides)
+    values.update(name=run_dir.name, runs_dir=str(run_dir.parent))
+    return train(config, resume=True, **values)
+
+
+def _overrides(items: list[str]) -> dict:
+    from gradlab.config import ConfigError, load_config, to_dict
+
+    problems = [f"override {i!r} is not of the form key=value" for i in items if "=" not in i]
+    if problems:
+        raise ConfigError(problems, "overrides")
+    parsed = to_dict(load_config(None, items))
+    keys = {i.split("=", 1)[0].strip() for i in items}
+    return {k: v for k, v in parsed.items() if k in keys}

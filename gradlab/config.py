@@ -1,0 +1,247 @@
+"""Experiment configuration: a dataclass of commented defaults -> YAML file -> key=value overrides.
+
+Unknown keys are errors (all of them listed at once, with the valid keys); the resolved
+config is saved with every run and checkpoint. Components never receive this object: the
+trainer unpacks it into plain arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One error that lists every problem found in a config."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+
+
+@dataclass
+class TrainConfig:
+    # --- run --------------------------------------------------------------------------
+    name: str = "run"  # run folder name under runs_dir (no path separators)
+    runs_dir: str = "runs"  # where run folders are created
+    seed: int = 0  # seeds torch, numpy, random, data order, probe batches and methods
+    # --- data -------------------------------------------------------------------------
+    data_dir: str | None = None  # None: $GRADLAB_DATA, ./data, ../shared/data
+    tasks: list[str] = field(default_factory=lambda: ["sst", "para", "sts"])
+    train_limit: int | None = None  # use only the first N training rows of each task
+    dev_limit: int | None = None  # evaluate on the first N dev rows of each task
+    strict_data: bool = False  # refuse malformed rows instead of skipping them
+    max_length: int = 64  # truncation length in tokens (pairs: both sentences together)
+    batch_size: int = 16  # examples per task per optimizer step
+    eval_batch_size: int = 128
+    # per-task file and column overrides, e.g. {"para": {"train": "qqp.tsv",
+    # "text_columns": ["question1", "question2"]}}
+    task_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # --- model ------------------------------------------------------------------------
+    encoder: str = "minilm"  # "minilm" (packaged MiniLM-L6), a local path or a hub id
+    tiny_encoder: dict[str, int] | None = None  # random BERT config for tests
+    pooling: str = "mean"  # "mean" | "cls"
+    sst_head: str = "linear"  # "linear" | "mlp"
+    pair_head: str = "bi"  # PARA/STS: "bi" | "cross" | "cosine" (cosine: STS only)
+    para_head: str | None = None  # override pair_head for PARA
+    sts_head: str | None = None  # override pair_head for STS
+    head_dropout: float = 0.1
+    sts_loss: str = "mse"  # "mse" | "pearson" (1 - Pearson r over the batch)
+    # --- optimisation -----------------------------------------------------------------
+    method: str = "sum"  # gradient method: sum | mean | pcgrad | ... (gradlab.methods)
+    method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"reduction": "mean"}
+    schedule: str = "joint"  # joint | round_robin | sequential
+    steps: int = 300  # optimizer steps
+    lr: float = 5e-5  # AdamW learning rate (heads and encoder)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # linear warmup share of the steps, then linear decay
+    max_grad_norm: float | None = 1.0  # clip the update's norm; None: no clipping
+    nonfinite: str = "error"  # "error" | "skip": what a NaN/inf loss or gradient does
+    # --- evaluation, probes, checkpoints ----------------------------------------------
+    eval_every: int = 0  # evaluate on dev every N steps (0: only at the end)
+    probe_every: int = 25  # compute all task gradients on fixed probe batches every N steps
+    probe_batch_size: int = 16
+    counterfactual_methods: list[str] = field(default_factory=lambda: ["sum", "mean", "pcgrad"])
+    measure_counterfactual: bool = False  # virtual step per method on probe steps (costly)
+    log_train_gramians: bool = True  # log the Gramian of every joint training step
+    checkpoint_every: int = 0  # 0: only best and last
+    keep_checkpoints: int = 2
+    save_checkpoints: bool = True
+    progress: bool = True  # tqdm progress bars
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    device: str = "cpu"
+
+
+def config_keys() -> list[str]:
+    """Names of every valid config key."""
+    return [f.name for f in fields(TrainConfig)]
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Build a TrainConfig from defaults, an optional YAML file and ``key=value`` overrides.
+
+    Example:
+        >>> cfg = load_config(None, ["steps=10", "method=pcgrad"])
+        >>> (cfg.steps, cfg.method)
+        (10, 'pcgrad')
+    """
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError([f"config file {path} does not exist"], source)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError([f"{path} is not valid YAML: {err}"], source) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{path} must hold a mapping of keys, found {type(loaded).__name__}"])
+        values.update(loaded)
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    elif overrides:
+        problems = []
+        for item in overrides:
+            if "=" not in item:
+                problems.append(f"override {item!r} is not of the form key=value")
+                continue
+            key, raw = item.split("=", 1)
+            try:
+                values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                values[key.strip()] = raw
+        if problems:
+            raise ConfigError(problems, "overrides")
+    return config_from_dict(values, source)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a mapping of keys and build the config; every problem is listed at once."""
+    valid = config_keys()
+    problems = []
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+    if problems:
+        problems.append("valid keys: " + ", ".join(valid))
+        raise ConfigError(problems, source)
+    cfg = TrainConfig(**values)
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> list[str]:
+    """Every problem with a config's values (empty list when it is fine)."""
+    from gradlab.methods import METHODS
+    from gradlab.schedules import SCHEDULES
+    from gradlab.tasks import TASKS
+
+    p: list[str] = []
+
+    def choice(key: str, allowed: list[str]) -> None:
+        value = getattr(cfg, key)
+        if value not in allowed:
+            p.append(f"{key}={value!r} is not one of {allowed}")
+
+    def positive(key: str, zero_ok: bool = False) -> None:
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
+            p.append(f"{key}={value!r} must be an integer >= {0 if zero_ok else 1}")
+
+    if not isinstance(cfg.tasks, list) or not cfg.tasks:
+        p.append(f"tasks={cfg.tasks!r} must be a non-empty list of {sorted(TASKS)}")
+    else:
+        for t in cfg.tasks:
+            if t not in TASKS:
+                p.append(f"tasks: unknown task {t!r}; known tasks: {sorted(TASKS)}")
+        if len(set(cfg.tasks)) != len(cfg.tasks):
+            p.append(f"tasks={cfg.tasks!r} lists a task twice")
+    choice("method", sorted(METHODS))
+    choice("schedule", sorted(SCHEDULES))
+    choice("pooling", ["mean", "cls"])
+    choice("sst_head", ["linear", "mlp"])
+    choice("pair_head", ["bi", "cross", "cosine"])
+    for key in ("para_head", "sts_head"):
+        if getattr(cfg, key) is not None:
+            choice(key, ["bi", "cross", "cosine"])
+    if (cfg.para_head or cfg.pair_head) == "cosine" and "para" in (cfg.tasks or []):
+        if cfg.para_head == "cosine":
+            p.append("para_head='cosine' is for STS only; use 'bi' or 'cross' for PARA")
+    choice("sts_loss", ["mse", "pearson"])
+    choice("nonfinite", ["error", "skip"])
+    for key in ("steps", "batch_size", "eval_batch_size", "max_length", "probe_batch_size"):
+        positive(key)
+    for key in ("eval_every", "probe_every", "checkpoint_every", "keep_checkpoints"):
+        positive(key, zero_ok=True)
+    for key in ("train_limit", "dev_limit"):
+        if getattr(cfg, key) is not None:
+            positive(key)
+    if isinstance(cfg.max_length, int) and cfg.max_length < 8:
+        p.append(f"max_length={cfg.max_length} is too short (at least 8 tokens)")
+    if not isinstance(cfg.lr, int | float) or cfg.lr <= 0:
+        p.append(f"lr={cfg.lr!r} must be a positive number")
+    if not isinstance(cfg.warmup_ratio, int | float) or not 0 <= cfg.warmup_ratio < 1:
+        p.append(f"warmup_ratio={cfg.warmup_ratio!r} must be in [0, 1)")
+    if cfg.max_grad_norm is not None and (
+        not isinstance(cfg.max_grad_norm, int | float) or cfg.max_grad_norm <= 0
+    ):
+        p.append(f"max_grad_norm={cfg.max_grad_norm!r} must be positive or null")
+    for m in cfg.counterfactual_methods or []:
+        if m not in METHODS:
+            p.append(f"counterfactual_methods: unknown method {m!r}; known: {sorted(METHODS)}")
+    if not isinstance(cfg.method_args, dict):
+        p.append(f"method_args={cfg.method_args!r} must be a mapping")
+    name = str(cfg.name)
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        p.append(f"name={cfg.name!r} must be a plain folder name (no '/', '\\', '..')")
+    if cfg.tiny_encoder is not None and not isinstance(cfg.tiny_encoder, dict):
+        p.append(f"tiny_encoder={cfg.tiny_encoder!r} must be a mapping of BertConfig fields")
+    if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
+        p.append(f"device={cfg.device!r} must be 'cpu' or 'cuda[:N]'")
+    return p
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON/YAML-able values."""
+    return asdict(cfg)
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with ``changes`` applied and validated."""
+    values = to_dict(cfg)
+    values.update(changes)
+    return config_from_dict(values)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (the file ``load_config`` reads back)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "config_from_dict",
+    "config_keys",
+    "load_config",
+    "replace",
+    "save_config",
+    "to_dict",
+    "validate",
+]

@@ -1,0 +1,71 @@
+"""Loading a checkpoint for evaluation and prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from gradlab.config import config_from_dict, load_config, to_dict
+from gradlab.data import DEFAULT_READERS, read_task_file, special_token_ids, tokenize_texts
+from gradlab.evaluate import EvalSet, evaluate, predict, write_predictions
+from gradlab.model import MultitaskModel
+from gradlab.train import build_model, load_split
+
+
+def load_model(checkpoint: str | Path, overrides: list[str] | None = None):
+    """(model, tokenizer, config) of a checkpoint folder or a run folder (its best checkpoint).
+
+    overrides: key=value changes that do not alter the model (data_dir, dev_limit, ...).
+    """
+    path = resolve_checkpoint(checkpoint)
+    model_state, _, state = load_checkpoint(path)
+    values = dict(state["config"])
+    if overrides:
+        values.update({k: v for k, v in to_dict(load_config(None, overrides)).items()
+                       if k in {o.split("=", 1)[0] for o in overrides}})
+    cfg = config_from_dict(values, str(path / "state.json"))
+    model, tokenizer = build_model(cfg)
+    missing, unexpected = _compare_keys(model, model_state)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model its config describes (a different "
+            f"model or task set?): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from None
+    model.eval()
+    return model, tokenizer, cfg
+
+
+def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = None
+                        ) -> dict[str, dict[str, float]]:
+    """Dev metrics per task (and overall) of a saved checkpoint."""
+    model, tokenizer, cfg = load_model(checkpoint, overrides)
+    dev_sets = {t: load_split(cfg, t, "dev", tokenizer) for t in cfg.tasks}
+    return evaluate(model, dev_sets, special_ids=special_token_ids(tokenizer),
+                    max_length=cfg.max_length, batch_size=cfg.eval_batch_size,
+                    progress=cfg.progress)
+
+
+def predict_file(checkpoint: str | Path, task: str, input_path: str | Path,
+                 out_path: str | Path, overrides: list[str] | None = None) -> tuple[Path, int]:
+    """Write ``id<TAB>prediction`` for every row of a task file (dev-file layout)."""
+    model, tokenizer, cfg = load_model(checkpoint, overrides)
+    if task not in cfg.tasks:
+        raise ValueError(f"task {task!r} is not one of the checkpoint's tasks {cfg.tasks}")
+    examples = read_task_file(Path(input_path), DEFAULT_READERS[task], task=task)
+    eval_set = EvalSet(task, tokenize_texts(examples, tokenizer), examples.ids)
+    predicted = predict(model, eval_set, special_ids=special_token_ids(tokenizer),
+                        max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
+    return write_predictions(out_path, examples.ids, predicted, task), len(predicted)
+
+
+def _compare_keys(model: MultitaskModel, state: dict) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    found = set(state)
+    return sorted(expected - found), sorted(found - expected)
+
+
+__all__ = ["evaluate_checkpoint", "load_model", "predict_file"]

