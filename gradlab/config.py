@@ -107,7 +107,8 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError([f"{path} must hold a mapping of keys, found {type(loaded).__name__}"])
+            raise ConfigError(
+                [f"{path} must hold a mapping of keys, found {type(loaded).__name__}"], source)
         values.update(loaded)
     if isinstance(overrides, dict):
         values.update(overrides)
@@ -118,13 +119,26 @@ def load_config(
                 problems.append(f"override {item!r} is not of the form key=value")
                 continue
             key, raw = item.split("=", 1)
-            try:
-                values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                values[key.strip()] = raw
+            values[key.strip()] = _parse_value(raw)
         if problems:
             raise ConfigError(problems, "overrides")
     return config_from_dict(values, source)
+
+
+def _parse_value(raw: str) -> Any:
+    """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats."""
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -139,6 +153,10 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     if problems:
         problems.append("valid keys: " + ", ".join(valid))
         raise ConfigError(problems, source)
+    defaults = TrainConfig()
+    for key, value in list(values.items()):
+        if isinstance(getattr(defaults, key), float) and isinstance(value, str):
+            values[key] = _parse_value(value)  # YAML 1.1 reads "5e-5" as a string
     cfg = TrainConfig(**values)
     problems = validate(cfg)
     if problems:

@@ -54,14 +54,13 @@ class GradientEngine:
         offsets = [0]
         for n in numels:
             offsets.append(offsets[-1] + n)
+        spans = list(zip(offsets[:-1], offsets[1:], strict=True))
         self._row_views = [
-            [self.jacobian[t, a:b].view_as(p) for p, a, b in zip(self.params, offsets[:-1], offsets[1:],
-                                                                   strict=True)]
+            [self.jacobian[t, a:b].view_as(p) for p, (a, b) in zip(self.params, spans, strict=True)]
             for t in range(num_tasks)
         ]
         self._update_views = [
-            self.update[a:b].view_as(p) for p, a, b in zip(self.params, offsets[:-1], offsets[1:],
-                                                          strict=True)
+            self.update[a:b].view_as(p) for p, (a, b) in zip(self.params, spans, strict=True)
         ]
         self.blocks = _blocks(block_names, offsets)
 

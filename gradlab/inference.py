@@ -9,7 +9,7 @@ from gradlab.config import config_from_dict, load_config, to_dict
 from gradlab.data import DEFAULT_READERS, read_task_file, special_token_ids, tokenize_texts
 from gradlab.evaluate import EvalSet, evaluate, predict, write_predictions
 from gradlab.model import MultitaskModel
-from gradlab.train import build_model, load_split
+from gradlab.trainer import build_model, load_split
 
 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None):

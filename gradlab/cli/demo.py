@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gradlab.cli.train import _overrides
     from gradlab.config import load_config
-    from gradlab.train import train
+    from gradlab.trainer import train
 
     base = load_config(args.config if args.config.is_file() else None, args.overrides)
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradlab.train import train
+    from gradlab.trainer import train
 
     if args.resume is not None:
         handle = resume(args.resume, args.overrides)
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
 def resume(run_dir: Path, overrides: list[str]):
     """Continue ``run_dir`` with the config saved in it (plus overrides, e.g. progress)."""
-    from gradlab.train import train
+    from gradlab.trainer import train
 
     config = run_dir / "config.yaml"
     if not config.is_file():

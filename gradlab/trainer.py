@@ -136,7 +136,7 @@ def load_split(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalS
 def _optimizer(model: MultitaskModel, cfg: TrainConfig) -> torch.optim.AdamW:
     # No weight decay on biases and LayerNorm weights (the BERT recipe).
     decay, no_decay = [], []
-    for name, p in [*model.shared_parameters(), *model.head_parameters()]:
+    for _name, p in [*model.shared_parameters(), *model.head_parameters()]:
         (no_decay if p.ndim < 2 else decay).append(p)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},

@@ -1,0 +1,447 @@
+"""Adapters to torchjd's Gramian weightings: MGDA, CAGrad, IMTL-G, Aligned-MTL, UPGrad,
+DualProj, Nash-MTL and Random.
+
+torchjd's ``*Weighting`` objects map a Gramian [T, T] to weights [T], which is exactly this
+package's contract; the adapters only check the input, hand torchjd a float64 CPU Gramian and
+return float64 weights on the Gramian's device.
+
+The weights of MGDA, CAGrad, IMTL-G, Aligned-MTL, UPGrad and DualProj do not depend on the
+scale of J, so their adapters pass the trace-normalised Gramian G / tr(G) (the zero matrix
+stays zero). Same weights as torchjd on G wherever tr(G) >= 1e-4, and none of torchjd's
+absolute thresholds bite for small gradients: on G itself, torchjd 0.18.0's UPGrad and
+DualProj fall back to the mean and CAGrad returns zero weights once tr(G) < 1e-4.
+
+CAGrad, UPGrad, DualProj and Nash-MTL solve an optimisation problem with torchjd's optional
+solvers; constructing them without those raises ImportError naming the packages and the
+``pip install "torchjd[...]"`` extra that provides them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torchjd import aggregation
+
+from ._base import (
+    Method,
+    MethodInput,
+    MethodOutput,
+    _check_choice,
+    _check_number,
+    _check_state_keys,
+    _generator_from_state,
+    _gramian64,
+    _on_device_of,
+)
+
+
+class _TorchJDWeighting(Method):
+    """Adapter base: float64, trace-normalised Gramian -> torchjd weighting -> weights [T]."""
+
+    requires: tuple[str, ...] = ()  # modules torchjd needs for this method beyond torch
+    extra: str = ""  # the torchjd extra that installs them
+
+    def __init__(self) -> None:
+        _check_requirements(self)
+        self._weighting = self._make_weighting()
+
+    def _make_weighting(self) -> aggregation.Weighting:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, inp: MethodInput) -> MethodOutput:
+        gramian = _gramian64(inp, self.name)
+        trace = gramian.diagonal().sum()
+        if trace > 0:
+            gramian = gramian / trace
+        weights = self._weighting(gramian)
+        return MethodOutput(weights=_on_device_of(weights, inp.gramian))
+
+
+def _check_requirements(method: _TorchJDWeighting | NashMTL) -> None:
+    """ImportError naming the missing optional packages (imported, not only looked up: a
+    package that is present but broken would otherwise fail deep inside torchjd)."""
+    problems = []
+    for module in method.requires:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            problems.append(f"{module} ({error})")
+    if problems:
+        raise ImportError(
+            f"method {method.name!r} needs torchjd's optional solver packages "
+            f"{list(method.requires)}; not importable: {', '.join(problems)}. "
+            f'Install them with: pip install "torchjd[{method.extra}]==0.18.0"'
+        )
+
+
+class MGDA(_TorchJDWeighting):
+    """MGDA: the minimum-norm point of the convex hull of the task gradients.
+
+    `Multi-Task Learning as Multi-Objective Optimization <https://arxiv.org/abs/1810.04650>`_
+    (Sener & Koltun, 2018), Frank-Wolfe solver of their Algorithm 2, via torchjd's
+    ``MGDAWeighting``. Weights [T] on the simplex (sum 1) minimising ‖wᵀJ‖ = √(wᵀGw).
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
+
+    Args:
+        epsilon: Frank-Wolfe stops when its step size falls below this.
+        max_iters: at most this many Frank-Wolfe iterations.
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import MGDA, MethodInput
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> MGDA()(MethodInput(gramian=J @ J.T)).weights
+        tensor([0.6000, 0.4000], dtype=torch.float64)
+    """
+
+    name = "mgda"
+
+    def __init__(self, epsilon: float = 0.001, max_iters: int = 100) -> None:
+        _check_number(self.name, "epsilon", epsilon, minimum=0.0, exclusive_minimum=True)
+        _check_number(self.name, "max_iters", max_iters, minimum=1, integer=True)
+        self.epsilon = epsilon
+        self.max_iters = max_iters
+        super().__init__()
+
+    def _make_weighting(self) -> aggregation.Weighting:
+        return aggregation.MGDAWeighting(epsilon=self.epsilon, max_iters=self.max_iters)
+
+    def _repr_args(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "max_iters": self.max_iters}
+
+
+class CAGrad(_TorchJDWeighting):
+    """CAGrad: maximise the worst task's improvement within a ball around the mean gradient.
+
+    `Conflict-Averse Gradient Descent for Multi-task Learning
+    <https://arxiv.org/abs/2110.14048>`_ (Liu et al., 2021), Algorithm 1, via torchjd's
+    ``CAGradWeighting`` (a cvxpy problem solved with Clarabel). Needs cvxpy and clarabel.
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
+
+    Args:
+        c: radius of the ball, relative to the mean gradient's norm (c = 0 is the mean).
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import CAGrad, MethodInput
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> CAGrad(c=0.5)(MethodInput(gramian=J @ J.T)).weights.round(decimals=3)
+        tensor([0.7040, 0.5000], dtype=torch.float64)
+    """
+
+    name = "cagrad"
+    requires = ("cvxpy", "clarabel")
+    extra = "cagrad"
+
+    def __init__(self, c: float = 0.5) -> None:
+        _check_number(self.name, "c", c, minimum=0.0)
+        self.c = c
+        super().__init__()
+
+    def _make_weighting(self) -> aggregation.Weighting:
+        return aggregation.CAGradWeighting(c=self.c)
+
+    def _repr_args(self) -> dict[str, Any]:
+        return {"c": self.c}
+
+
+class IMTLG(_TorchJDWeighting):
+    """IMTL-G: the update has equal projections on every task's unit gradient.
+
+    `Towards Impartial Multi-task Learning <https://openreview.net/forum?id=IMPnRXEWpvr>`_
+    (Liu et al., 2021), in the form of `Jacobian Descent for Multi-Objective Optimization
+    <https://arxiv.org/abs/2406.16232>`_ that allows linearly dependent gradients, via
+    torchjd's ``IMTLGWeighting``: w ∝ G⁺ diag(G)^½, summing to 1. Closed form, no solver.
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import IMTLG, MethodInput
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> IMTLG()(MethodInput(gramian=J @ J.T)).weights
+        tensor([0.5923, 0.4077], dtype=torch.float64)
+    """
+
+    name = "imtl_g"
+
+    def _make_weighting(self) -> aggregation.Weighting:
+        return aggregation.IMTLGWeighting()
+
+
+class AlignedMTL(_TorchJDWeighting):
+    """Aligned-MTL: align the principal components of the task gradients, then average.
+
+    `Independent Component Alignment for Multi-Task Learning
+    <https://arxiv.org/abs/2305.19000>`_ (Senushkin et al., 2023), Algorithm 1, via torchjd's
+    ``AlignedMTLWeighting`` (an eigendecomposition of G; no solver).
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
+
+    Args:
+        scale_mode: eigenvalue that sets the scale: "min" (paper), "median" or "rmse".
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import AlignedMTL, MethodInput
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> AlignedMTL()(MethodInput(gramian=J @ J.T)).weights
+        tensor([0.5591, 0.4083], dtype=torch.float64)
+    """
+
+    name = "aligned_mtl"
+
+    def __init__(self, scale_mode: str = "min") -> None:
+        _check_choice(self.name, "scale_mode", scale_mode, ("min", "median", "rmse"))
+        self.scale_mode = scale_mode
+        super().__init__()
+
+    def _make_weighting(self) -> aggregation.Weighting:
+        return aggregation.AlignedMTLWeighting(scale_mode=self.scale_mode)
+
+    def _repr_args(self) -> dict[str, Any]:
+        return {"scale_mode": self.scale_mode}
+
+
+class UPGrad(_TorchJDWeighting):
+    """UPGrad: project every task gradient onto the dual cone of all of them, then average.
+
+    `Jacobian Descent for Multi-Objective Optimization <https://arxiv.org/abs/2406.16232>`_
+    (Quinton & Rey, 2024), via torchjd's ``UPGradWeighting`` (T quadratic programs solved with
+    quadprog). The update never conflicts with any task. Needs qpsolvers and quadprog.
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import MethodInput, UPGrad
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> UPGrad()(MethodInput(gramian=J @ J.T)).weights.round(decimals=4)
+        tensor([1.1109, 0.7894], dtype=torch.float64)
+    """
+
+    name = "upgrad"
+    requires = ("qpsolvers", "quadprog")
+    extra = "quadprog_projector"
+
+    def _make_weighting(self) -> aggregation.Weighting:
+        return aggregation.UPGradWeighting()
+
+
+class DualProj(_TorchJDWeighting):
+    """DualProj: project the mean gradient onto the dual cone of the task gradients.
+
+    The projection of Eq. 11 of `Gradient Episodic Memory for Continual Learning
+    <https://arxiv.org/abs/1706.08840>`_ (Lopez-Paz & Ranzato, 2017) applied to the mean
+    gradient, via torchjd's ``DualProjWeighting`` (one quadratic program solved with
+    quadprog). Needs qpsolvers and quadprog.
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import DualProj, MethodInput
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> DualProj()(MethodInput(gramian=J @ J.T)).weights.round(decimals=4)
+        tensor([0.6109, 0.5000], dtype=torch.float64)
+    """
+
+    name = "dualproj"
+    requires = ("qpsolvers", "quadprog")
+    extra = "quadprog_projector"
+
+    def _make_weighting(self) -> aggregation.Weighting:
+        return aggregation.DualProjWeighting()
+
+
+class NashMTL(Method):
+    """Nash-MTL: the Nash bargaining solution between tasks, w solving Gw = 1/w.
+
+    `Multi-Task Learning as a Bargaining Game <https://arxiv.org/abs/2202.01017>`_ (Navon et
+    al., 2022), Algorithm 1, via torchjd's ``NashMTL`` (a sequence of convex problems solved
+    with cvxpy and ECOS). torchjd offers it only as an aggregator of J; it uses J through
+    J Jᵀ and ‖wᵀJ‖ only, so the adapter hands it a [T, T] factor F of the Gramian
+    (F Fᵀ = G, from its eigendecomposition), which gives the same weights. Stateful: the
+    last solution warm-starts the next. When every gradient is zero, torchjd would divide by
+    ‖G‖ = 0, so the adapter returns the last weights instead (any weights give d = 0 then);
+    for T = 1, where torchjd cannot build its problem, it returns the solution w = 1 (clipped
+    to ``max_norm``). Needs cvxpy and ecos.
+
+    Caveat (torchjd 0.18.0, as the official code): the linearised problem is often unbounded,
+    depending on the gradients' absolute scale; torchjd then keeps its last good iterate (at
+    the first step: w = 1, the plain sum). ``extras["solver_failed"]`` is 1.0 on such steps.
+
+    Input gramian [T, T]; output weights [T] (float64, on the Gramian's device). State: the
+    last solution ``alpha`` [T] and torchjd's call counter ``step``.
+
+    Args:
+        max_norm: weights are scaled down so that ‖wᵀJ‖ <= max_norm (0 disables; torchjd's
+            default 1.0 mirrors the official code's gradient clipping).
+        update_weights_every: solve only every this many calls, reusing the weights between.
+        optim_niter: at most this many convex solves per update.
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import MethodInput, NashMTL
+        >>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
+        >>> NashMTL(max_norm=0.0)(MethodInput(gramian=J @ J.T)).weights.round(decimals=3)
+        tensor([0.5910, 0.4070], dtype=torch.float64)
+    """
+
+    name = "nash_mtl"
+    requires = ("cvxpy", "ecos")
+    extra = "nash_mtl"
+
+    def __init__(
+        self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20
+    ) -> None:
+        _check_number(self.name, "max_norm", max_norm, minimum=0.0)
+        _check_number(
+            self.name, "update_weights_every", update_weights_every, minimum=1, integer=True
+        )
+        _check_number(self.name, "optim_niter", optim_niter, minimum=1, integer=True)
+        _check_requirements(self)
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+        self.optim_niter = optim_niter
+        self._aggregator: aggregation.NashMTL | None = None  # built once T is known
+
+    def __call__(self, inp: MethodInput) -> MethodOutput:
+        gramian = _gramian64(inp, self.name)
+        num_tasks = gramian.shape[0]
+        if self._aggregator is None:
+            self._aggregator = self._new_aggregator(num_tasks)
+        elif self._aggregator.n_tasks != num_tasks:
+            raise ValueError(
+                f"{self.name}: state was built for T={self._aggregator.n_tasks} tasks, got "
+                f"T={num_tasks}; call reset() first"
+            )
+        weighting = self._aggregator.weighting
+        failed = False
+        if num_tasks == 1:
+            weights = self._single_task_weights(gramian)
+        elif gramian.diagonal().sum() > 0:
+            solves = weighting.step % self.update_weights_every == 0
+            # cvxpy warns on every first solve that this problem is not DPP (no speed-up), and
+            # numpy warns when it evaluates 1/(Gα) at a zero gradient; failures are in extras.
+            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+                warnings.filterwarnings("ignore", message=".*not DPP.*")
+                weights = weighting(_gramian_factor(gramian))
+            # On a failed solve (often "unbounded") torchjd keeps its last good iterate.
+            failed = solves and weighting.prob.status not in _SOLVED
+        else:
+            weights = torch.as_tensor(np.asarray(weighting.prvs_alpha, dtype=np.float64))
+        return MethodOutput(
+            weights=_on_device_of(weights, inp.gramian),
+            extras={"solver_failed": float(failed)},
+        )
+
+    def _single_task_weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        """torchjd 0.18.0 cannot build its cvxpy problem for T = 1 (scalar operands). The
+        bargaining solution on the normalised Gramian is then w = 1, clipped like torchjd's."""
+        norm = float(gramian[0, 0].clamp_min(0.0).sqrt())
+        scale = self.max_norm / norm if 0 < self.max_norm < norm else 1.0
+        return torch.tensor([scale], dtype=torch.float64)
+
+    def _new_aggregator(self, num_tasks: int) -> aggregation.NashMTL:
+        return aggregation.NashMTL(
+            n_tasks=num_tasks,
+            max_norm=self.max_norm,
+            update_weights_every=self.update_weights_every,
+            optim_niter=self.optim_niter,
+        )
+
+    def reset(self) -> None:
+        self._aggregator = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._aggregator is None:
+            return {}
+        weighting = self._aggregator.weighting
+        alpha = np.asarray(weighting.prvs_alpha, dtype=np.float64)
+        return {"alpha": torch.from_numpy(alpha.copy()), "step": int(weighting.step)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        if not state:
+            return
+        _check_state_keys(self.name, state, required={"alpha", "step"})
+        alpha = state["alpha"].to("cpu", torch.float64)
+        if alpha.ndim != 1:
+            raise ValueError(f"{self.name}: state['alpha'] must be [T], got {list(alpha.shape)}")
+        self._aggregator = self._new_aggregator(alpha.shape[0])
+        weighting = self._aggregator.weighting
+        weighting.prvs_alpha = alpha.numpy().copy()
+        weighting.step = float(state["step"])
+        if weighting.step > 0:
+            # torchjd builds its cvxpy problem on its first call only (step 0); a resumed
+            # aggregator is past that call, so build it here (private API of torchjd 0.18.0).
+            weighting._init_optim_problem()
+
+    def _repr_args(self) -> dict[str, Any]:
+        return {
+            "max_norm": self.max_norm,
+            "update_weights_every": self.update_weights_every,
+            "optim_niter": self.optim_niter,
+        }
+
+
+_SOLVED = ("optimal", "optimal_inaccurate")
+
+
+def _gramian_factor(gramian: torch.Tensor) -> torch.Tensor:
+    """A [T, T] matrix F with F Fᵀ = G (round-off negative eigenvalues clipped to 0)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(gramian)
+    return eigenvectors * eigenvalues.clamp_min(0.0).sqrt()
+
+
+class Random(Method):
+    """Random loss weighting: fresh weights softmax(z), z ~ N(0, I), at every step.
+
+    `Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task Learning
+    <https://arxiv.org/abs/2111.10603>`_ (Lin et al., 2022), via torchjd's
+    ``RandomWeighting``. torchjd draws from the global RNG; the adapter runs it on its own
+    stream (seeded with ``seed``, saved in the state) so that the trainer's random numbers
+    (dropout, batch order) are the same whichever method runs.
+    Input gramian [T, T] (only its size is used); output weights [T], positive, summing to 1
+    (float64, on the Gramian's device).
+
+    Args:
+        seed: seed of the method's random stream.
+
+    Example:
+        >>> import torch
+        >>> from gradlab.methods import MethodInput, Random
+        >>> weights = Random(seed=0)(MethodInput(gramian=torch.eye(3))).weights
+        >>> bool((weights > 0).all()), round(float(weights.sum()), 6)
+        (True, 1.0)
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        _check_number(self.name, "seed", seed, minimum=0, integer=True)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._weighting = aggregation.RandomWeighting()
+
+    def __call__(self, inp: MethodInput) -> MethodOutput:
+        gramian = _gramian64(inp, self.name)
+        with torch.random.fork_rng(devices=[]):  # restores the global CPU RNG on exit
+            torch.set_rng_state(self.generator.get_state())
+            weights = self._weighting(gramian)
+            self.generator.set_state(torch.get_rng_state())
+        return MethodOutput(weights=_on_device_of(weights, inp.gramian))
+
+    def reset(self) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_state_keys(self.name, state, required={"generator"})
+        self.generator = _generator_from_state(self.name, state["generator"])
+
+    def _repr_args(self) -> dict[str, Any]:
+        return {"seed": self.seed}

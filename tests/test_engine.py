@@ -1,0 +1,134 @@
+"""The gradient engine: J equals per-task autograd gradients, Gramians, the written update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradlab.engine import GradientEngine
+from gradlab.model import block_name, load_encoder
+
+
+def _tiny_setup(num_tasks: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    encoder = load_encoder("minilm", tiny={"hidden_size": 16, "num_hidden_layers": 2,
+                                           "num_attention_heads": 2, "intermediate_size": 32,
+                                           "vocab_size": 100}, seed=seed)
+    encoder.eval()  # no dropout: the same forward twice gives the same gradient
+    named = list(encoder.named_parameters())
+    engine = GradientEngine([p for _, p in named], [block_name(n) for n, _ in named], num_tasks)
+    inputs = [torch.randint(0, 100, (3, 5 + t)) for t in range(num_tasks)]
+    targets = [torch.randn(3, 16) for _ in range(num_tasks)]
+
+    def loss(t: int) -> torch.Tensor:
+        hidden = encoder(input_ids=inputs[t]).last_hidden_state.mean(1)
+        return ((hidden - targets[t]) ** 2).mean() * (t + 1)
+
+    return encoder, engine, loss
+
+
+def _fill(engine, loss, rows):
+    for row in range(rows):
+        engine.bind_row(row)
+        loss(row).backward()
+        engine.check_bound(row)
+
+
+def test_jacobian_rows_equal_per_task_autograd_grad():
+    encoder, engine, loss = _tiny_setup()
+    params = list(encoder.parameters())
+    expected = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss(t), params)])
+                for t in range(3)]
+    _fill(engine, loss, 3)
+    for t in range(3):
+        torch.testing.assert_close(engine.jacobian[t], expected[t], rtol=1e-5, atol=1e-7)
+
+
+def test_grad_views_survive_backward():
+    # The speed of the engine rests on autograd accumulating into J in place.
+    encoder, engine, loss = _tiny_setup()
+    engine.bind_row(1)
+    views = [p.grad for p in engine.params]
+    loss(1).backward()
+    assert all(p.grad is v for p, v in zip(engine.params, views, strict=True))
+    assert engine.jacobian[1].abs().sum() > 0
+    assert engine.jacobian[0].abs().sum() == 0
+
+
+def test_block_gramians_sum_to_whole_and_match_brute_force():
+    encoder, engine, loss = _tiny_setup()
+    _fill(engine, loss, 3)
+    blocks = engine.block_gramians(3)
+    assert engine.block_names == ("embeddings", "layer.0", "layer.1")
+    assert blocks.shape == (3, 3, 3) and blocks.dtype == torch.float64
+    jac = engine.jacobian.double()
+    torch.testing.assert_close(blocks.sum(0), jac @ jac.T, rtol=1e-5, atol=1e-9)
+    for k, block in enumerate(engine.blocks):
+        part = jac[:, block.start:block.stop]
+        torch.testing.assert_close(blocks[k], part @ part.T, rtol=1e-5, atol=1e-9)
+
+
+def test_write_update_is_weighted_sum_and_becomes_grad():
+    encoder, engine, loss = _tiny_setup()
+    _fill(engine, loss, 3)
+    w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    engine.write_update(w, 3)
+    expected = (w.float() @ engine.jacobian)
+    torch.testing.assert_close(engine.update, expected)
+    flat_grad = torch.cat([p.grad.reshape(-1) for p in engine.params])
+    torch.testing.assert_close(flat_grad, expected)
+
+
+def test_summed_loss_gradient_equals_sum_update():
+    encoder, engine, loss = _tiny_setup()
+    params = list(encoder.parameters())
+    summed = torch.autograd.grad(loss(0) + loss(1) + loss(2), params)
+    _fill(engine, loss, 3)
+    engine.write_update(torch.ones(3), 3)
+    torch.testing.assert_close(engine.update, torch.cat([g.reshape(-1) for g in summed]),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_blockwise_update():
+    encoder, engine, loss = _tiny_setup()
+    _fill(engine, loss, 3)
+    w = torch.arange(9, dtype=torch.float64).reshape(3, 3) / 4
+    engine.write_update(w, 3)
+    for k, block in enumerate(engine.blocks):
+        expected = w[k].float() @ engine.jacobian[:, block.start:block.stop]
+        torch.testing.assert_close(engine.update[block.start:block.stop], expected)
+    with pytest.raises(ValueError, match="blockwise weights have shape"):
+        engine.write_update(torch.ones(2, 3), 3)
+
+
+def test_subset_of_rows_and_single_task_update():
+    encoder, engine, loss = _tiny_setup()
+    _fill(engine, loss, 1)
+    row0 = engine.jacobian[0].clone()
+    assert engine.block_gramians(1).shape == (3, 1, 1)
+    engine.use_row_as_update(0)
+    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in engine.params]), row0)
+
+
+def test_flat_params_round_trip_is_exact():
+    encoder, engine, _ = _tiny_setup()
+    saved = engine.flat_params()
+    with torch.no_grad():
+        for p in engine.params:
+            p.add_(1.0)
+    engine.load_flat_params(saved)
+    assert torch.equal(engine.flat_params(), saved)
+
+
+def test_noncontiguous_blocks_are_refused():
+    params = [nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    with pytest.raises(ValueError, match="not contiguous"):
+        GradientEngine(params, ["a", "b", "a"], 2)
+
+
+def test_block_names_follow_encoder_modules():
+    assert block_name("embeddings.word_embeddings.weight") == "embeddings"
+    assert block_name("encoder.layer.11.output.dense.bias") == "layer.11"
+    assert block_name("pooler.dense.weight") == "pooler"
+    assert block_name("transformer.layer.3.ffn.lin1.weight") == "layer.3"

@@ -1,0 +1,115 @@
+"""The trainer end to end on a tiny random BERT, through Python and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+import gradlab
+from gradlab.cli import main
+from gradlab.config import ConfigError
+from gradlab.trainer import probe_indices
+
+
+def _cli_overrides(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}")
+    return out
+
+
+@pytest.mark.parametrize("schedule,method", [("joint", "sum"), ("joint", "pcgrad"),
+                                             ("round_robin", "sum"), ("sequential", "sum")])
+def test_cli_train_each_schedule_then_evaluate_and_predict(tmp_path, tiny_overrides, schedule,
+                                                           method, capsys):
+    overrides = {**tiny_overrides, "name": f"{schedule}-{method}", "schedule": schedule,
+                 "method": method}
+    assert main(["train", *_cli_overrides(overrides)]) == 0
+    run_dir = tmp_path / "runs" / f"{schedule}-{method}"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "run.sqlite").is_file()
+    for kind in ("best", "last"):
+        ckpt = run_dir / "checkpoints" / kind
+        assert {p.name for p in ckpt.iterdir()} == {"model.safetensors",
+                                                    "train_state.safetensors", "state.json"}
+    run = gradlab.load_run(run_dir)
+    assert run.status == "finished" and run.schedule == schedule
+    losses = run.losses()
+    assert sorted(losses["step"].unique()) == list(range(6))
+    probes = run.cosines(source="probe")
+    assert sorted(probes["step"].unique()) == [0, 2, 4, 6]
+    if schedule == "joint":
+        assert sorted(run.cosines(source="train")["step"].unique()) == list(range(6))
+    if schedule == "round_robin":  # one task per step, cycling in task order
+        order = losses.sort_values("step")["task"].tolist()
+        assert order == ["sst", "para", "sts", "sst", "para", "sts"]
+    if schedule == "sequential":
+        assert losses.sort_values("step")["task"].tolist() == ["sst"] * 2 + ["para"] * 2 + \
+            ["sts"] * 2
+    # the saved metrics equal what `evaluate` computes from the reloaded checkpoint
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "progress=false"]) == 0
+    reloaded = json.loads(capsys.readouterr().out)
+    saved = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for task in ("sst", "para", "sts"):
+        for metric, value in saved[task].items():
+            assert reloaded[task][metric] == pytest.approx(value, abs=1e-6)
+    out = tmp_path / "pred.tsv"
+    dev = gradlab.data.resolve_data_dir() / "sts-dev.csv"
+    assert main(["predict", str(run_dir), "--task", "sts", "--input", str(dev),
+                 "--out", str(out), "progress=false"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id\tPredicted_Similarity" and len(lines) == 864
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path, tiny_overrides):
+    a = gradlab.train(None, **{**tiny_overrides, "name": "a", "method": "pcgrad"})
+    b = gradlab.train(None, **{**tiny_overrides, "name": "b", "method": "pcgrad"})
+    ra, rb = a.load(), b.load()
+    pd_a, pd_b = ra.losses()["value"].to_numpy(), rb.losses()["value"].to_numpy()
+    np.testing.assert_array_equal(pd_a, pd_b)
+    wa = torch.load if False else None  # noqa: F841 - no pickle anywhere
+    from safetensors.torch import load_file
+    sa = load_file(str(a.path / "checkpoints/last/model.safetensors"))
+    sb = load_file(str(b.path / "checkpoints/last/model.safetensors"))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_probe_batches_do_not_depend_on_the_method():
+    np.testing.assert_array_equal(probe_indices(100, 8, 3, "sst"), probe_indices(100, 8, 3, "sst"))
+    assert not np.array_equal(probe_indices(100, 8, 3, "sst"), probe_indices(100, 8, 4, "sst"))
+
+
+def test_probe_gramians_identical_across_methods_at_step_0(tmp_path, tiny_overrides):
+    runs = [gradlab.train(None, **{**tiny_overrides, "name": m, "method": m, "steps": 2})
+            for m in ("sum", "pcgrad")]
+    grams = [r.load().gramian(0, source="probe")[1] for r in runs]
+    np.testing.assert_array_equal(grams[0], grams[1])
+
+
+def test_train_gramian_in_store_matches_brute_force(tmp_path, tiny_overrides):
+    handle = gradlab.train(None, **{**tiny_overrides, "name": "g", "steps": 1,
+                                    "probe_every": 0})
+    run = handle.load()
+    tasks, whole = run.gramian(0, source="train", block="encoder")
+    blocks = sum(run.gramian(0, source="train", block=b)[1] for b in run.blocks)
+    np.testing.assert_allclose(blocks, whole, rtol=1e-12)
+    assert tasks == ["sst", "para", "sts"] and np.all(np.diag(whole) > 0)
+
+
+def test_unknown_keys_refused_by_cli(tmp_path, capsys):
+    assert main(["train", "stepz=3", "methd=sum"]) == 2
+    err = capsys.readouterr().err
+    assert "'stepz'" in err and "'methd'" in err and "valid keys" in err
+    with pytest.raises(ConfigError):
+        gradlab.train(None, bogus=1)
+
+
+def test_store_is_sqlite_wal(tmp_path, tiny_overrides):
+    handle = gradlab.train(None, **{**tiny_overrides, "name": "w", "steps": 1,
+                                    "save_checkpoints": False})
+    con = sqlite3.connect(handle.path / "run.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
