@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gradlab.cli import compare, demo, evaluate, figures, predict, sweep, train
+from gradlab.cli import compare, demo, evaluate, export, figures, predict, sweep, train
 
 SUBCOMMANDS = {
     "train": train,
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "figures": figures,
     "compare": compare,
     "sweep": sweep,
+    "export": export,
 }
 
 
