@@ -1,0 +1,587 @@
+"""Axes-level plots of a run over training steps, seaborn style: data in, ``ax=``, Axes out.
+
+Every function takes a Run, Runs (several runs, e.g. methods x seeds) or the tidy DataFrame
+of the matching Run accessor, draws on ``ax`` (default: the current Axes) and returns it.
+Runs with the same method (and schedule) are seeds of one another: lines show their mean
+with a 95% confidence band (``errorbar``: any seaborn errorbar; the default is the Student t
+interval `gradlab.plot.t_interval`, honest for 3 to 5 seeds and cheap per step; pass
+``("ci", 95)`` for seaborn's bootstrap or None for no band). ``smooth=N`` draws the trailing
+mean over N steps (`gradlab.stats.rolling_rate`); curves of more than 500 logged steps are
+drawn at every k-th step. Colours and names come from the theme: one colour per task, per
+task pair and per method in every figure.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.font_manager import FontProperties
+
+from gradlab.plot import _data, _theme
+from gradlab.plot._data import get_frame
+
+__all__ = [
+    "training_curves",
+    "cosine_over_training",
+    "conflict_rate",
+    "projection_rate",
+    "task_weights",
+    "layer_heatmap",
+    "gradient_norms",
+    "magnitude_similarity",
+    "condition_number",
+]
+
+Errorbar = str | tuple[str, float] | Callable | None
+BAND = _data.t_interval
+MAX_POINTS = 500  # per curve; more logged steps are thinned (see _thin)
+PRIMARY_METRICS = {"sst": "accuracy", "para": "accuracy", "sts": "pearson", "overall": "score"}
+
+
+def training_curves(
+    data,
+    *,
+    kind: str = "dev",
+    task: str | Sequence[str] | None = None,
+    metric: str | dict[str, str] | None = None,
+    split: str = "dev",
+    smooth: int | None = None,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Per-task training curves, one line per method: dev metric (``kind="dev"``) or loss.
+
+    ``metric``: one metric name, a dict task -> metric, or None for each task's primary
+    metric (SST and PARA accuracy, STS Pearson r, overall score). ``smooth``: trailing mean
+    over that many steps (useful for the noisy per-step loss).
+
+    >>> ax = training_curves(runs, kind="loss", task="sst", smooth=50)  # doctest: +SKIP
+    """
+    if kind == "dev":
+        df = get_frame(data, "evals", ["step", "split", "task", "metric", "value"], split=split)
+        df = _data.select(df, "split", split, "split")
+        df = _select_tasks(df, task, default_drop_overall=True)
+        df, ylabel = _select_metrics(df, metric)
+        labels = None
+        if df["metric"].nunique() > 1:  # name each task's metric in the legend
+            chosen = df.groupby("task")["metric"].first()
+            labels = {
+                t: f"{_theme.task_label(t)} ({_theme.metric_label(m)})" for t, m in chosen.items()
+            }
+    elif kind == "loss":
+        df = get_frame(data, "losses", ["step", "task", "value"])
+        df = _select_tasks(df, task, default_drop_overall=False)
+        ylabel, labels = "Training loss", None
+    else:
+        raise ValueError(f"kind must be 'dev' or 'loss', got {kind!r}")
+    df = _data.smooth(df, smooth, ["run", "task"])
+    ax = _ax(ax)
+    _task_lines(ax, df, errorbar=errorbar, legend=legend, labels=labels)
+    what = f"{split} set" if kind == "dev" else "training loss"
+    ax.set(xlabel="Step", ylabel=ylabel)
+    _title(ax, what + (f" · {smooth}-step mean" if smooth and smooth > 1 else ""), df)
+    return ax
+
+
+def cosine_over_training(
+    data,
+    *,
+    pair=None,
+    source: str | None = None,
+    block: str = "encoder",
+    smooth: int | None = None,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Cosine similarity of each task pair's gradients over training, zero line marked.
+
+    ``source``: "train" (every training step), "probe" (fixed probe batches, the fair
+    comparison with round-robin) or None (train if every run logged it, else probe).
+
+    >>> ax = cosine_over_training(run, pair="sst-para", smooth=20)  # doctest: +SKIP
+    """
+    df = get_frame(data, "cosines", ["source", "step", "block", "pair", "value"], blocks=block)
+    df, source = _data.select_source(df, source)
+    df = _data.select_block(df, block)
+    df = _select_pairs(df, pair)
+    df = _data.smooth(df, smooth, ["run", "source", "block", "pair"])
+    ax = _ax(ax)
+    ax.axhline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
+    _pair_lines(ax, df, errorbar=errorbar, legend=legend)
+    ax.set(xlabel="Step", ylabel="Cosine similarity")
+    _title(ax, _where(block, source, smooth), df)
+    return ax
+
+
+def conflict_rate(
+    data,
+    *,
+    pair=None,
+    source: str | None = None,
+    block: str = "encoder",
+    window: int = 50,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Share of the last ``window`` logged steps where a pair's cosine was negative.
+
+    With a DataFrame the rate column is drawn as it is (its window was chosen when the
+    frame was made by ``Run.conflicts(window=...)``).
+    """
+    df = get_frame(
+        data, "conflicts", ["source", "step", "block", "pair", "conflict_rate"], window=window,
+        blocks=block,
+    )  # fmt: skip
+    df, source = _data.select_source(df, source)
+    df = _data.select_block(df, block)
+    df = _select_pairs(df, pair).rename(columns={"conflict_rate": "value"})
+    ax = _ax(ax)
+    _pair_lines(ax, df, errorbar=errorbar, legend=legend)
+    ax.set(xlabel="Step", ylabel="Conflict rate (cos < 0)", ylim=(-0.02, 1.02))
+    _title(ax, _where(block, source) + f" · {window}-step window", df)
+    return ax
+
+
+def projection_rate(
+    data,
+    *,
+    pair=None,
+    window: int = 50,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """PCGrad projection rate per ordered pair i→j (task i's gradient projected off j's).
+
+    ``pair``: ordered "sst→para" (or "sst->para"), or unordered "sst-para" for both
+    directions. Both directions of a pair share its colour; the reverse one is dashed.
+    """
+    df = get_frame(
+        data,
+        "projection_rate",
+        ["step", "pair", "task_i", "task_j", "rate"],
+        window=window,
+    )
+    df = _select_pairs(df, pair).rename(columns={"rate": "value"})
+    ax = _ax(ax)
+    _pair_lines(ax, df, errorbar=errorbar, legend=legend, ordered=True)
+    ax.set(xlabel="Step", ylabel="Projection rate", ylim=(-0.02, 1.02))
+    _title(ax, f"{window}-step window", df)
+    return ax
+
+
+def task_weights(
+    data,
+    *,
+    source: str = "train",
+    block: str = "",
+    smooth: int | None = None,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Effective task weights over training (block "" = whole-update weights)."""
+    df = get_frame(data, "weights", ["source", "step", "block", "task", "value"], source=source)
+    df = _data.select(df, "source", source, "source")
+    df = _data.select(df, "block", block, "block")
+    df = _data.smooth(df, smooth, ["run", "task"])
+    ax = _ax(ax)
+    _task_lines(ax, df, errorbar=errorbar, legend=legend)
+    ax.set(xlabel="Step", ylabel="Task weight")
+    _title(ax, "task weights" + (f", block {block}" if block else ""), df)
+    return ax
+
+
+def layer_heatmap(
+    data,
+    *,
+    pair=None,
+    source: str | None = None,
+    method: str | None = None,
+    max_columns: int = 60,
+    include_encoder: bool = False,
+    cbar: bool = True,
+    ax: Axes | None = None,
+) -> Axes:
+    """Layer x step map of one pair's gradient cosine; diverging colours centred at 0.
+
+    Rows are the encoder's blocks in order (embeddings on top). With more than
+    ``max_columns`` logged steps, steps are grouped into that many bins and each cell is
+    the bin's mean. Several seeds of one method are averaged; several methods need
+    ``method=`` (the name in the legends' data: "pcgrad", "round_robin", ...), since one
+    heatmap shows one method. ``pair`` defaults to the first pair.
+    """
+    df = get_frame(data, "cosines", ["source", "step", "block", "pair", "value"])
+    df, source = _data.select_source(df, source)
+    df = _one_variant(df, method, "layer_heatmap")
+    pairs = _data.resolve_pairs(df, pair)
+    if len(pairs) > 1 and pair is not None:
+        raise ValueError(f"layer_heatmap draws one pair, got {pair!r} matching {pairs}")
+    pair = pairs[0]
+    df = df[df["pair"] == pair]
+    if not include_encoder:
+        df = df[df["block"] != "encoder"]
+        if df.empty:
+            raise ValueError("no per-block cosines (only 'encoder'); were block Gramians logged?")
+    blocks = _data.order_blocks(df["block"].unique(), _data.encoder_blocks(data))
+    n_seeds = df["run"].nunique()
+    cell = df.groupby(["block", "step"])["value"].mean().unstack("step").reindex(blocks)
+    steps = cell.columns.to_numpy(dtype=float)
+    values = cell.to_numpy(dtype=float)
+    if len(steps) > max_columns:
+        groups = np.array_split(np.arange(len(steps)), max_columns)
+        with warnings.catch_warnings():  # bins where a block is all NaN stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = np.stack([np.nanmean(values[:, g], axis=1) for g in groups], axis=1)
+        edges = np.array([steps[g[0]] for g in groups] + [steps[-1]], dtype=float)
+        edges[-1] += (steps[-1] - steps[0]) / max(len(steps) - 1, 1)
+    else:
+        edges = _edges(steps)
+    ax = _ax(ax)
+    limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    mesh = ax.pcolormesh(
+        edges,
+        np.arange(len(blocks) + 1),
+        np.ma.masked_invalid(values),
+        cmap="vlag",
+        vmin=-limit,
+        vmax=limit,
+        shading="flat",
+        rasterized=True,
+    )
+    ax.set_yticks(np.arange(len(blocks)) + 0.5, [_theme.block_label(b) for b in blocks])
+    ax.set_ylim(len(blocks), 0)
+    ax.set_xlabel("Step")
+    ax.grid(False)
+    ax.tick_params(axis="y", length=0)
+    if cbar:
+        bar = ax.figure.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label(f"Cosine {_theme.pair_label(pair)}")
+        bar.outline.set_visible(False)
+    label = _theme.method_label(df["variant"].iloc[0])
+    seeds = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
+    _title(ax, f"{label}{seeds} · {_theme.pair_label(pair)} · {source} batches")
+    return ax
+
+
+def gradient_norms(
+    data,
+    *,
+    source: str | None = None,
+    block: str = "encoder",
+    smooth: int | None = None,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Each task's gradient norm ‖g_i‖ over training, on a log scale."""
+    df = get_frame(data, "norms", ["source", "step", "block", "task", "value"], blocks=block)
+    df, source = _data.select_source(df, source)
+    df = _data.select_block(df, block)
+    df = _data.smooth(df, smooth, ["run", "source", "block", "task"])
+    ax = _ax(ax)
+    _task_lines(ax, df, errorbar=errorbar, legend=legend)
+    _log_y(ax)
+    ax.set(xlabel="Step", ylabel="Gradient norm ‖g‖")
+    _title(ax, _where(block, source, smooth), df)
+    return ax
+
+
+def magnitude_similarity(
+    data,
+    *,
+    pair=None,
+    source: str | None = None,
+    block: str = "encoder",
+    smooth: int | None = None,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Gradient magnitude similarity per pair (PCGrad, Def. 2): 1 for equal norms."""
+    df = get_frame(
+        data, "magnitude_similarity", ["source", "step", "block", "pair", "value"], blocks=block
+    )
+    df, source = _data.select_source(df, source)
+    df = _data.select_block(df, block)
+    df = _select_pairs(df, pair)
+    df = _data.smooth(df, smooth, ["run", "source", "block", "pair"])
+    ax = _ax(ax)
+    _pair_lines(ax, df, errorbar=errorbar, legend=legend)
+    ax.set(xlabel="Step", ylabel="Magnitude similarity", ylim=(0, 1.02))
+    _title(ax, _where(block, source, smooth), df)
+    return ax
+
+
+def condition_number(
+    data,
+    *,
+    source: str | None = None,
+    block: str = "encoder",
+    smooth: int | None = None,
+    errorbar: Errorbar = BAND,
+    legend: str | bool = "outside",
+    ax: Axes | None = None,
+) -> Axes:
+    """Condition number κ of the task gradients (σ_max / σ_min of J), log scale."""
+    df = get_frame(data, "condition_number", ["source", "step", "block", "value"], blocks=block)
+    df, source = _data.select_source(df, source)
+    df = _data.select_block(df, block)
+    df = _data.smooth(df, smooth, ["run", "source", "block"])
+    ax = _ax(ax)
+    variants = _data.order_variants(df["variant"].unique())
+    df = _thin(df).assign(Method=lambda d: [_theme.method_label(v) for v in d["variant"]])
+    sns.lineplot(
+        data=df,
+        x="step",
+        y="value",
+        hue="Method",
+        hue_order=[_theme.method_label(v) for v in variants],
+        palette={_theme.method_label(v): _theme.method_color(v) for v in variants},
+        errorbar=errorbar if _has_seeds(df) else None,
+        seed=0,
+        ax=ax,
+        legend=bool(legend) and len(variants) > 1,
+    )
+    _log_y(ax)
+    ax.set(xlabel="Step", ylabel="Condition number κ")
+    _legend(ax, legend)
+    _title(ax, _where(block, source, smooth), df)
+    return ax
+
+
+# ---------------------------------------------------------------------------------------
+# Private helpers
+
+
+def _ax(ax: Axes | None) -> Axes:
+    return plt.gca() if ax is None else ax
+
+
+def _title(ax: Axes, text: str, df: pd.DataFrame | None = None) -> None:
+    """Small grey subtitle stating what is drawn (method when only one, block, source),
+    wrapped at its " · " separators so it stays within a column-width Axes."""
+    parts = text.split(" · ")
+    if df is not None and df["variant"].nunique() == 1:
+        n = df["run"].nunique()
+        method = _theme.method_label(df["variant"].iloc[0])
+        parts.insert(0, f"{method}{f' ({n} seeds)' if n > 1 else ''}")
+    size = FontProperties(size="small").get_size_in_points()
+    width = 0.85 * ax.get_position().width * ax.figure.get_figwidth() * 72  # points
+    budget = max(16, int(width / (0.55 * size)))  # characters per line
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 3 + len(part) <= budget:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    ax.set_title("\n".join(lines), loc="left", fontsize="small", color="0.3")
+
+
+def _where(block: str, source: str, smooth: int | None = None) -> str:
+    text = "encoder" if block == "encoder" else _theme.block_label(block)
+    text += f" · {source} batches"
+    if smooth and smooth > 1:
+        text += f" · {smooth}-step mean"
+    return text
+
+
+def _log_y(ax: Axes) -> None:
+    """Log y axis with plain numbers ("20", "30"), not 2×10¹, also on minor ticks."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(mticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(
+        mticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4))
+    )
+
+
+def _thin(df: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """Every k-th logged step when there are more than ``max_points``: a curve of thousands
+    of steps has more points than a column-wide figure has pixels, and the seed band would
+    cost one interval per step. Smooth first (``smooth=``) to average rather than pick."""
+    steps = np.unique(df["step"].to_numpy())
+    if len(steps) <= max_points:
+        return df
+    keep = steps[:: int(np.ceil(len(steps) / max_points))]
+    return df[df["step"].isin(np.r_[keep, steps[-1]])]
+
+
+def _has_seeds(df: pd.DataFrame) -> bool:
+    return bool((df.groupby("variant")["run"].nunique() > 1).any())
+
+
+def _legend(ax: Axes, legend: str | bool) -> None:
+    """ "outside" (or True): right of the Axes, never over the data; "inside": matplotlib's
+    best spot; False/None: no legend."""
+    if legend not in ("outside", "inside", True, False, None):
+        raise ValueError(f"legend must be 'outside', 'inside' or False, got {legend!r}")
+    leg = ax.get_legend()
+    if leg is None:
+        return
+    if not legend:
+        leg.remove()
+    elif legend == "inside":
+        sns.move_legend(ax, "best", frameon=True, framealpha=0.85, edgecolor="none")
+    else:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _select_pairs(df: pd.DataFrame, pair) -> pd.DataFrame:
+    return df[df["pair"].isin(_data.resolve_pairs(df, pair))]
+
+
+def _select_tasks(df: pd.DataFrame, task, *, default_drop_overall: bool) -> pd.DataFrame:
+    present = _data.order_tasks(df["task"].unique())
+    if task is None:
+        if default_drop_overall and len(present) > 1:
+            present = [t for t in present if t != "overall"]
+        return df[df["task"].isin(present)]
+    wanted = [task] if isinstance(task, str) else list(task)
+    missing = [t for t in wanted if t not in present]
+    if missing:
+        raise ValueError(f"task {missing if len(missing) > 1 else missing[0]!r} not in the "
+                         f"data; tasks present: {present}")  # fmt: skip
+    return df[df["task"].isin(wanted)]
+
+
+def _select_metrics(df: pd.DataFrame, metric) -> tuple[pd.DataFrame, str]:
+    """One metric per task; returns the rows and a y-axis label."""
+    tasks = _data.order_tasks(df["task"].unique())
+    present = df.groupby("task")["metric"].unique().apply(list).to_dict()
+    if isinstance(metric, dict):
+        chosen = {t: metric.get(t, PRIMARY_METRICS.get(t)) for t in tasks}
+    elif metric is not None:
+        chosen = {t: metric for t in tasks}
+    else:
+        chosen = {t: PRIMARY_METRICS.get(t) for t in tasks}
+    for t in tasks:
+        if chosen[t] is None:  # an unknown task without a primary metric: its first one
+            chosen[t] = present[t][0]
+        if chosen[t] not in present[t]:
+            raise ValueError(
+                f"metric {chosen[t]!r} not logged for task {t!r}; metrics of {t!r}: {present[t]}"
+            )
+    keep = df["metric"] == df["task"].map(chosen)
+    metrics = set(chosen.values())
+    ylabel = _theme.metric_label(metrics.pop()) if len(metrics) == 1 else "Dev metric"
+    return df[keep], ylabel
+
+
+def _task_metric_label(task: str, metric: str) -> str:
+    if task == "overall":
+        return _theme.task_label(task) + (f" ({_theme.metric_label(metric)})"
+                                          if metric != "score" else "")  # fmt: skip
+    return _theme.task_label(task)
+
+
+def _task_lines(
+    ax: Axes, df: pd.DataFrame, *, errorbar: Errorbar, legend, labels: dict | None = None
+) -> None:
+    """Task lines: coloured by task (one method) or by method with a line style per task."""
+    variants = _data.order_variants(df["variant"].unique())
+    tasks = _data.order_tasks(df["task"].unique())
+    labels = {t: (labels or {}).get(t, _theme.task_label(t)) for t in tasks}
+    df = df.assign(
+        Task=df["task"].map(labels),
+        Method=[_theme.method_label(v) for v in df["variant"]],
+    )
+    task_labels = [labels[t] for t in tasks]
+    df = _thin(df)
+    if len(variants) == 1:
+        hue, order = "Task", task_labels
+        palette = {labels[t]: _theme.task_color(t) for t in tasks}
+        style, style_order = None, None
+    else:
+        hue, order = "Method", [_theme.method_label(v) for v in variants]
+        palette = {_theme.method_label(v): _theme.method_color(v) for v in variants}
+        style, style_order = ("Task", task_labels) if len(tasks) > 1 else (None, None)
+    sns.lineplot(
+        data=df, x="step", y="value", hue=hue, hue_order=order, palette=palette,
+        style=style, style_order=style_order, errorbar=errorbar if _has_seeds(df) else None,
+        seed=0, ax=ax, legend=bool(legend),
+    )  # fmt: skip
+    _legend(ax, legend)
+
+
+def _hue_for_pairs(df: pd.DataFrame, *, bars: bool):
+    """(df with a hue column, hue column, order, palette): pairs for one method, methods
+    for several."""
+    variants = _data.order_variants(df["variant"].unique())
+    pairs = _data.order_pairs(df["pair"].unique())
+    if len(variants) == 1:
+        labels = [_theme.pair_label(p) for p in pairs]
+        df = df.assign(Pair=[_theme.pair_label(p) for p in df["pair"]])
+        return (
+            df,
+            "Pair",
+            labels,
+            {p_: _theme.pair_color(p) for p, p_ in zip(pairs, labels, strict=True)},
+        )
+    if bars and len(pairs) > 1:
+        raise ValueError(
+            f"with several methods {variants} this plot shows one pair; pass pair= one of {pairs}"
+        )
+    df = df.assign(Method=[_theme.method_label(v) for v in df["variant"]])
+    labels = [_theme.method_label(v) for v in variants]
+    return df, "Method", labels, {_theme.method_label(v): _theme.method_color(v) for v in variants}
+
+
+def _pair_lines(ax: Axes, df: pd.DataFrame, *, errorbar, legend, ordered: bool = False) -> None:
+    """Pair lines: coloured by pair (one method) or by method with a style per pair."""
+    variants = _data.order_variants(df["variant"].unique())
+    pairs = _data.order_pairs(df["pair"].unique())
+    df = _thin(df).assign(Pair=lambda d: [_theme.pair_label(p) for p in d["pair"]])
+    pair_labels = [_theme.pair_label(p) for p in pairs]
+    dashes = None
+    if ordered:  # a→b solid, b→a dashed, in the colour of the unordered pair
+        dashes = {_theme.pair_label(p): "" if _is_forward(p) else (4, 2) for p in pairs}
+    if len(variants) == 1:
+        hue, order = "Pair", pair_labels
+        palette = {_theme.pair_label(p): _theme.pair_color(p) for p in pairs}
+        style = "Pair" if ordered else None
+    else:
+        df["Method"] = [_theme.method_label(v) for v in df["variant"]]
+        hue, order = "Method", [_theme.method_label(v) for v in variants]
+        palette = {_theme.method_label(v): _theme.method_color(v) for v in variants}
+        style = "Pair" if len(pairs) > 1 else None
+        dashes = None
+    sns.lineplot(
+        data=df, x="step", y="value", hue=hue, hue_order=order, palette=palette,
+        style=style, style_order=pair_labels if style else None,
+        dashes=dashes if dashes is not None else True,
+        errorbar=errorbar if _has_seeds(df) else None, seed=0, ax=ax, legend=bool(legend),
+    )  # fmt: skip
+    _legend(ax, legend)
+
+
+def _is_forward(pair: str) -> bool:
+    a, b = _theme.split_pair(pair)
+    order = _data.order_tasks([a, b])
+    return order[0] == a
+
+
+def _one_variant(df: pd.DataFrame, method: str | None, what: str) -> pd.DataFrame:
+    variants = _data.order_variants(df["variant"].unique())
+    if method is not None:
+        return _data.select(df, "variant", method, "method")
+    if len(variants) > 1:
+        raise ValueError(f"{what} shows one method; the data holds {variants}: pass method=")
+    return df
+
+
+def _edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges around each step (midpoints; the ends extend by half a spacing)."""
+    if len(steps) == 1:
+        return np.array([steps[0] - 0.5, steps[0] + 0.5])
+    mid = (steps[1:] + steps[:-1]) / 2
+    return np.concatenate([[2 * steps[0] - mid[0]], mid, [2 * steps[-1] - mid[-1]]])
