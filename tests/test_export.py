@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers_runs import make_synthetic_run
 
 from gradlab.cli import main
 from gradlab.run import load_run
-from helpers_runs import make_synthetic_run
 
 
 def test_parquet_round_trip(tmp_path):

@@ -32,7 +32,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from gradlab.cli.train import _overrides
     from gradlab.config import load_config
     from gradlab.trainer import train
 
@@ -42,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     for name, method, schedule in DEMO_RUNS:
         steps = base.steps * (len(base.tasks) if schedule == "round_robin" else 1)
         handles.append(train(base, name=name, runs_dir=str(args.runs_dir), method=method,
-                             schedule=schedule, steps=steps,
-                             **_overrides([o for o in args.overrides
-                                           if o.split("=", 1)[0] in ("progress",)])))
+                             schedule=schedule, steps=steps))
     rows = []
     for handle in handles:
         m = handle.metrics

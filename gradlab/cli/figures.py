@@ -91,8 +91,9 @@ def write_demo_figures(run_dirs: Sequence[Path], out: Path) -> list[Path]:
                                ("conflict_rate_probe", "conflict_rate", {"source": "probe"}),
                                ("training_curves", "training_curves", {}),
                                ("training_loss", "training_curves", {"kind": "loss"}),
-                               ("cosine_distribution", "cosine_distribution",
-                                {"source": "probe"})):
+                               *[(f"cosine_distribution_{p}", "cosine_distribution",
+                                  {"source": "probe", "pair": p})
+                                 for p in ("sst-para", "sst-sts", "para-sts")]):
         fn = getattr(plot, func)
         written += _one_axes(lambda ax, fn=fn, kw=kwargs: fn(runs, ax=ax, **kw), out / name,
                              "icml-page")
