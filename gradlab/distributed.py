@@ -1,0 +1,91 @@
+"""Data-parallel training with torch.distributed (launched with torchrun).
+
+Every rank fills its own J [T, P] from its share of each task batch; J (and the head
+gradients) are averaged across ranks before the Gramian, so every method sees the global
+gradients and every rank computes the same weights and the same update. Only rank 0 writes
+the run store and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank and world size of this process (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(backend: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR ...).
+
+    Without those variables this is a single process: DistInfo(0, 1). The backend defaults
+    to "nccl" on CUDA and "gloo" on CPU.
+    """
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def shard(indices: np.ndarray, info: DistInfo) -> np.ndarray:
+    """This rank's share of a global batch of example indices [B] (rows rank, rank+W, ...).
+
+    The global batch must divide evenly, so that the average of the ranks' mean losses is
+    the mean loss of the whole batch.
+    """
+    if not info.enabled:
+        return indices
+    if len(indices) % info.world_size:
+        raise ValueError(f"a batch of {len(indices)} examples does not split evenly over "
+                         f"{info.world_size} ranks; choose batch_size divisible by the world size")
+    return indices[info.rank::info.world_size]
+
+
+def average_gradients(jacobian_rows: torch.Tensor, head_params: list[torch.nn.Parameter],
+                      info: DistInfo) -> None:
+    """All-reduce (mean) the filled rows of J [Ta, P] and the heads' gradients, in place."""
+    if not info.enabled:
+        return
+    dist.all_reduce(jacobian_rows, op=dist.ReduceOp.SUM)
+    jacobian_rows.div_(info.world_size)
+    grads = [p.grad for p in head_params if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(info.world_size)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+
+def average_scalar(value: float, info: DistInfo) -> float:
+    """The mean of a float over the ranks (e.g. a task's loss)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item() / info.world_size)
+
+
+__all__ = ["DistInfo", "average_gradients", "average_scalar", "init_from_env", "shard"]
