@@ -119,13 +119,13 @@ def load_config(
                 problems.append(f"override {item!r} is not of the form key=value")
                 continue
             key, raw = item.split("=", 1)
-            values[key.strip()] = _parse_value(raw)
+            values[key.strip()] = parse_value(raw)
         if problems:
             raise ConfigError(problems, "overrides")
     return config_from_dict(values, source)
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats."""
     if not raw.strip():
         return None
@@ -156,7 +156,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     defaults = TrainConfig()
     for key, value in list(values.items()):
         if isinstance(getattr(defaults, key), float) and isinstance(value, str):
-            values[key] = _parse_value(value)  # YAML 1.1 reads "5e-5" as a string
+            values[key] = parse_value(value)  # YAML 1.1 reads "5e-5" as a string
     cfg = TrainConfig(**values)
     problems = validate(cfg)
     if problems:
@@ -258,6 +258,7 @@ __all__ = [
     "config_from_dict",
     "config_keys",
     "load_config",
+    "parse_value",
     "replace",
     "save_config",
     "to_dict",

@@ -94,11 +94,17 @@ def _offline_kwargs(source: str) -> dict:
 def _load_message(encoder: str, what: str, err: Exception) -> str:
     if Path(_safe_source(encoder)).exists():
         return f"could not load the {what} from {encoder!r}: {err}"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        why = "HF_HUB_OFFLINE is set"
+    elif os.environ.get("GRADLAB_ALLOW_DOWNLOAD") == "1":
+        why = f"the download failed: {err}"
+    else:
+        why = "gradlab does not download at run time unless GRADLAB_ALLOW_DOWNLOAD=1"
     return (
         f"could not load the {what} {encoder!r}: it is not a local folder and not in the local "
-        "Hugging Face cache, and gradlab does not download at run time (this machine is "
-        "offline). Use encoder=minilm (packaged), a local folder, or set "
-        "GRADLAB_ALLOW_DOWNLOAD=1 where the hub is reachable."
+        f"Hugging Face cache, and it cannot be downloaded ({why}). Use encoder=minilm "
+        "(packaged), a local folder, or set GRADLAB_ALLOW_DOWNLOAD=1 where the hub is "
+        "reachable."
     )
 
 
@@ -140,29 +146,55 @@ class MultitaskModel(nn.Module):
             return "single"
         return "cross" if self.pair_heads[task] == "cross" else "bi"
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Sentence embeddings [B, H] from token ids [B, L]."""
+    def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None,
+              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Sentence embeddings [B, H] from token ids [B, L] (or token embeddings [B, L, H])."""
+        if inputs_embeds is not None:
+            input_ids = None  # the encoder takes one or the other
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+                              token_type_ids=token_type_ids,
+                              inputs_embeds=inputs_embeds).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._forward(task, batch, None)
+
+    def input_embeddings(self, task: str, batch: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor]:
+        """Token embeddings [B, L, H] of a batch's inputs, before position embeddings.
+
+        Keys follow the batch's ``input_ids`` keys: "inputs_embeds" ("single"/"cross"
+        layouts) or "inputs_embeds_a" and "inputs_embeds_b" ("bi"). Used by input-space
+        regularizers (``gradlab.regularizers.smart_loss``) with `forward_embeds`.
+        """
+        lookup = self.encoder.get_input_embeddings()
+        return {"inputs_embeds" + s: lookup(batch["input_ids" + s])
+                for s in _suffixes(self.layout(task))}
+
+    def forward_embeds(self, task: str, batch: dict[str, torch.Tensor],
+                       inputs_embeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`forward` with the token embeddings given (e.g. perturbed), as `input_embeddings`
+        returns them; the batch still supplies attention masks and token types."""
+        wanted = {"inputs_embeds" + s for s in _suffixes(self.layout(task))}
+        if set(inputs_embeds) != wanted:
+            raise ValueError(f"inputs_embeds for task {task!r} must have keys {sorted(wanted)}, "
+                             f"found {sorted(inputs_embeds)}")
+        return self._forward(task, batch, inputs_embeds)
+
+    def _forward(self, task: str, batch: dict[str, torch.Tensor],
+                 inputs_embeds: dict[str, torch.Tensor] | None) -> torch.Tensor:
         spec: TaskSpec = TASKS[task]
-        head = self.heads[task]
-        layout = self.layout(task)
-        if layout in ("single", "cross"):
-            u = self.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-            out = head(u)
-        else:
-            u = self.embed(batch["input_ids_a"], batch["attention_mask_a"],
-                           batch.get("token_type_ids_a"))
-            v = self.embed(batch["input_ids_b"], batch["attention_mask_b"],
-                           batch.get("token_type_ids_b"))
-            out = head(u, v)
+        embeddings = [
+            self.embed(batch["input_ids" + s], batch["attention_mask" + s],
+                       batch.get("token_type_ids" + s),
+                       None if inputs_embeds is None else inputs_embeds["inputs_embeds" + s])
+            for s in _suffixes(self.layout(task))
+        ]
+        out = self.heads[task](*embeddings)
         return out if spec.output == "class" else out.reshape(-1)
 
     def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -171,6 +203,11 @@ class MultitaskModel(nn.Module):
 
     def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"heads.{n}", p) for n, p in self.heads.named_parameters()]
+
+
+def _suffixes(layout: str) -> tuple[str, ...]:
+    """Key suffixes of a layout's inputs: one input ("") or two ("_a", "_b")."""
+    return ("_a", "_b") if layout == "bi" else ("",)
 
 
 def block_name(param_name: str) -> str:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ ! -d /usr/share/wordnet ] && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null) \
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null) \
     || echo "note: could not install wordnet-base; EDA tests will be skipped"
 fi
 python -m pip install -q -e ".[test]"

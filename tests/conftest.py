@@ -55,4 +55,5 @@ def tiny_overrides(tmp_path) -> dict:
         "probe_batch_size": 4,
         "eval_batch_size": 32,
         "progress": False,
+        "threads": 1,  # two processes' thread pools on 2 cores slow each other down badly
     }

@@ -1,4 +1,4 @@
-"""``gradlab sweep CONFIG --grid key=v1,v2 ... --seeds 0,1,2`` (see issue 5)."""
+"""``gradlab sweep CONFIG --grid key=v1,v2 ... --seeds 0,1,2``: resumable grid over seeds."""
 
 from __future__ import annotations
 
@@ -17,9 +17,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradlab.sweep import run_sweep
+    from gradlab.sweep import SweepError, run_sweep
 
-    table = run_sweep(args.config, args.grid, [int(s) for s in args.seeds.split(",")],
-                      args.runs_dir, args.overrides)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+    try:
+        table = run_sweep(args.config, args.grid, seeds, args.runs_dir, args.overrides)
+    except SweepError as err:
+        print(f"gradlab sweep: {err}")
+        return 1
     print(table.to_string(index=False))
     return 0
