@@ -69,8 +69,8 @@ class TrainConfig:
     counterfactual_methods: list[str] = field(default_factory=lambda: ["sum", "mean", "pcgrad"])
     measure_counterfactual: bool = False  # virtual step per method on probe steps (costly)
     log_train_gramians: bool = True  # log the Gramian of every joint training step
-    checkpoint_every: int = 0  # 0: only best and last
-    keep_checkpoints: int = 2
+    checkpoint_every: int = 0  # save checkpoints/last (and step-N) every N steps; 0: at the end
+    keep_checkpoints: int = 2  # periodic step-N checkpoints kept (besides last and best)
     save_checkpoints: bool = True
     progress: bool = True  # tqdm progress bars
     threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -170,7 +170,7 @@ def validate(cfg: TrainConfig) -> list[str]:
     from gradlab.schedules import SCHEDULES
     from gradlab.tasks import TASKS
 
-    p: list[str] = []
+    p: list[str] = _type_problems(cfg)
 
     def choice(key: str, allowed: list[str]) -> None:
         value = getattr(cfg, key)
@@ -233,6 +233,25 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         p.append(f"device={cfg.device!r} must be 'cpu' or 'cuda[:N]'")
     return p
+
+
+def _type_problems(cfg: TrainConfig) -> list[str]:
+    """Text, flag, list and mapping keys holding a value of another type (numbers have their
+    own range checks), e.g. ``encoder: {...}`` or ``progress: "no"`` from a hand-edited file."""
+    kinds = {"str": str, "bool": bool, "list": list, "dict": dict}
+    problems = []
+    for f in fields(TrainConfig):
+        allowed = [part.strip().split("[")[0] for part in str(f.type).split("|")]
+        if f.name in ("tasks", "tiny_encoder", "method_args") or \
+                not set(allowed) - {"None"} <= set(kinds):  # (checked with more detail below)
+            continue
+        value = getattr(cfg, f.name)
+        if value is None and "None" in allowed:
+            continue
+        if not any(type(value) is kinds[a] or (a != "bool" and isinstance(value, kinds[a]))
+                   for a in allowed if a != "None"):
+            problems.append(f"{f.name}={value!r} must be of type {' or '.join(allowed)}")
+    return problems
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

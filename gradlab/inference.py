@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from gradlab.checkpoint import CheckpointError, compare_keys, load_checkpoint, resolve_checkpoint
 from gradlab.config import config_from_dict, load_config, to_dict
 from gradlab.data import DEFAULT_READERS, read_task_file, special_token_ids, tokenize_texts
 from gradlab.evaluate import EvalSet, evaluate, predict, write_predictions
-from gradlab.model import MultitaskModel
 from gradlab.trainer import build_model, load_split
+
+# Config keys that define the model's parameters: a checkpoint fixes them.
+MODEL_KEYS = ("tasks", "encoder", "tiny_encoder", "pooling", "sst_head", "pair_head",
+              "para_head", "sts_head")
 
 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None):
@@ -18,14 +21,21 @@ def load_model(checkpoint: str | Path, overrides: list[str] | None = None):
     overrides: key=value changes that do not alter the model (data_dir, dev_limit, ...).
     """
     path = resolve_checkpoint(checkpoint)
-    model_state, _, state = load_checkpoint(path)
+    model_state, _, state = load_checkpoint(path, training_state=False)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path / 'state.json'} holds no config")
     values = dict(state["config"])
     if overrides:
+        keys = {o.split("=", 1)[0].strip() for o in overrides}
+        fixed = sorted(keys & set(MODEL_KEYS))
+        if fixed:
+            raise ValueError(f"overrides {fixed} would change the model; a checkpoint's model "
+                             f"is fixed by its own config ({path / 'state.json'})")
         values.update({k: v for k, v in to_dict(load_config(None, overrides)).items()
-                       if k in {o.split("=", 1)[0] for o in overrides}})
+                       if k in keys})
     cfg = config_from_dict(values, str(path / "state.json"))
     model, tokenizer = build_model(cfg)
-    missing, unexpected = _compare_keys(model, model_state)
+    missing, unexpected = compare_keys(model.state_dict(), model_state)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit the model its config describes (a different "
@@ -60,12 +70,6 @@ def predict_file(checkpoint: str | Path, task: str, input_path: str | Path,
     predicted = predict(model, eval_set, special_ids=special_token_ids(tokenizer),
                         max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
     return write_predictions(out_path, examples.ids, predicted, task), len(predicted)
-
-
-def _compare_keys(model: MultitaskModel, state: dict) -> tuple[list[str], list[str]]:
-    expected = set(model.state_dict())
-    found = set(state)
-    return sorted(expected - found), sorted(found - expected)
 
 
 __all__ = ["evaluate_checkpoint", "load_model", "predict_file"]

@@ -5,6 +5,12 @@ one flat loop. Every step: the schedule names the active tasks; for each, the en
 ``.grad`` at its row of J and one backward fills it; the method maps the Gramian to task
 weights; the engine writes wᵀJ to ``.grad``; AdamW steps. The monitor logs raw facts to the
 run store; probes, evaluation and checkpoints happen every N steps.
+
+A checkpoint holds the whole training state (model, optimizer, scheduler, method states, RNG
+states, data positions), so ``train(..., resume=True)`` continues a crashed or killed run and
+ends bit for bit as the uninterrupted run would have (on CPU). A NaN or infinite loss or
+gradient stops the run naming the task, step and block (``nonfinite="error"``) or skips the
+step and counts it (``nonfinite="skip"``); the last good checkpoint is never overwritten.
 """
 
 from __future__ import annotations
@@ -12,23 +18,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from gradlab import checkpoint as ckpt
-from gradlab.config import TrainConfig, load_config, save_config, to_dict
+from gradlab.config import TrainConfig, load_config, to_dict
 from gradlab.data import (
     DEFAULT_FILES,
     DEFAULT_READERS,
+    ReaderSpec,
     TaskBatcher,
     TokenizedTask,
     collate,
@@ -43,8 +54,13 @@ from gradlab.methods import get_method
 from gradlab.model import MultitaskModel, block_name, load_encoder, load_tokenizer
 from gradlab.monitor import Monitor
 from gradlab.schedules import get_schedule
-from gradlab.store import RunWriter, resolve_run_dir
+from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
 from gradlab.tasks import TASKS, task_loss
+
+try:  # POSIX: an exclusive lock per run folder
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 
 class NonFiniteError(FloatingPointError):
@@ -77,7 +93,9 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: bool = Fals
     """Train a multitask model and log every step to ``<runs_dir>/<name>/run.sqlite``.
 
     config: a TrainConfig, a YAML path, or None (defaults); overrides: config keys.
-    resume: continue the run ``<runs_dir>/<name>`` from its last checkpoint.
+    resume: continue the run ``<runs_dir>/<name>`` from its newest readable checkpoint, with
+    the same config (only ``RESUMABLE_CHANGES`` may differ); it ends as the uninterrupted run
+    would have, bit for bit on CPU. Without ``resume`` an existing run folder is refused.
 
     Example:
         >>> handle = gradlab.train(method="pcgrad", steps=20, train_limit=64,  # doctest: +SKIP
@@ -116,11 +134,19 @@ def build_model(cfg: TrainConfig) -> tuple[MultitaskModel, Any]:
 
 def load_split(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalSet:
     """Read and tokenize one task's split ("train" or "dev") as the config says."""
-    overrides = dict(cfg.task_files.get(task, {}))
-    file_key = split
-    filename = overrides.pop(file_key, DEFAULT_FILES[task][0 if split == "train" else 1])
+    overrides = cfg.task_files.get(task) or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"task_files[{task!r}] must be a mapping (train, dev, text_columns, "
+                         f"...), found {overrides!r}")
+    overrides = dict(overrides)
+    filename = overrides.pop(split, DEFAULT_FILES[task][0 if split == "train" else 1])
     overrides.pop("train", None)
     overrides.pop("dev", None)
+    fields = [f.name for f in dataclasses.fields(ReaderSpec)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"task_files[{task!r}]: unknown key(s) {unknown}; allowed: "
+                         f"{['train', 'dev', *fields]}")
     spec = dataclasses.replace(DEFAULT_READERS[task], **overrides) if overrides else \
         DEFAULT_READERS[task]
     path = Path(filename)
@@ -152,31 +178,63 @@ def probe_indices(num_examples: int, batch_size: int, seed: int, task: str) -> n
 
 # --- the trainer --------------------------------------------------------------------------
 
+# Config keys a resumed run may change: none of them alters the trained parameters.
+RESUMABLE_CHANGES = ("name", "runs_dir", "data_dir", "progress", "threads", "device",
+                     "eval_batch_size", "nonfinite", "checkpoint_every", "keep_checkpoints",
+                     "save_checkpoints")
+_LOCK = ".lock"
+
 
 class Trainer:
-    """Holds the parts of one run; ``run()`` is the loop."""
+    """Holds the parts of one run; ``run()`` is the loop.
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False) -> None:
+    _after_step: private test hook, called as ``_after_step(step, model)`` after every
+    training step (skipped or not); tests use it to simulate crashes and inject faults.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False,
+                 _after_step: Callable[[int, MultitaskModel], None] | None = None) -> None:
         self.cfg = cfg
         self.resume = resume
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self._after_step = _after_step
         self.run_dir = resolve_run_dir(Path(cfg.runs_dir), cfg.name)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        _check_run_folder(self.run_dir, resume)  # before any data or model is loaded
 
     def _seed(self) -> None:
         random.seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
 
-    def run(self) -> RunHandle:  # noqa: C901 - the loop is meant to read top to bottom
+    def run(self) -> RunHandle:
+        """Train (or continue) the run; one process at a time per run folder."""
+        threads = torch.get_num_threads()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            with _RunLock(self.run_dir):
+                return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> RunHandle:  # noqa: C901 - the loop is meant to read top to bottom
         cfg = self.cfg
         self._seed()
         t_start = time.perf_counter()
 
+        # ---- resume point: checked before the data and the model are loaded -------------
+        found = self._find_resume_point() if self.resume else None
+
+        # ---- method, schedule (their arguments are checked before the data is read) -------
+        tasks = list(cfg.tasks)
+        method = get_method(cfg.method, **_method_kwargs(cfg))
+        counterfactuals = {m: get_method(m, **({"seed": cfg.seed} if m == "pcgrad" else {}))
+                           for m in cfg.counterfactual_methods}
+        schedule = get_schedule(cfg.schedule, len(tasks), cfg.steps)
+
         # ---- data ------------------------------------------------------------------------
         model, tokenizer = build_model(cfg)
         special = special_token_ids(tokenizer)
-        tasks = list(cfg.tasks)
         train_sets = {t: load_split(cfg, t, "train", tokenizer) for t in tasks}
         dev_sets = {t: load_split(cfg, t, "dev", tokenizer) for t in tasks}
         for t, data in train_sets.items():
@@ -184,7 +242,7 @@ class Trainer:
             if truncated:
                 warnings.warn(f"task {t!r}: {truncated} of {len(data.tokenized)} training "
                               f"examples are longer than max_length={cfg.max_length} tokens "
-                              "and are truncated", stacklevel=2)
+                              "and are truncated", stacklevel=3)
         batchers = {t: TaskBatcher(len(train_sets[t].tokenized), cfg.batch_size, seed=cfg.seed,
                                    task=t) for t in tasks}
 
@@ -200,52 +258,60 @@ class Trainer:
             for t in tasks
         }
 
-        # ---- model, engine, method, optimizer ----------------------------------------------
+        # ---- model, engine, optimizer ------------------------------------------------------
         shared = model.shared_parameters()
         engine = GradientEngine([p for _, p in shared], [block_name(n) for n, _ in shared],
                                 num_tasks=len(tasks))
-        method = get_method(cfg.method, **_method_kwargs(cfg))
-        counterfactuals = {m: get_method(m, **({"seed": cfg.seed} if m == "pcgrad" else {}))
-                           for m in cfg.counterfactual_methods}
-        schedule = get_schedule(cfg.schedule, len(tasks), cfg.steps)
         optimizer = _optimizer(model, cfg)
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
         head_params = [p for _, p in model.head_parameters()]
 
-        # ---- run store, resume -----------------------------------------------------------
-        start_step, best_score, skipped = 0, -math.inf, 0
-        if self.resume:
-            last = self.run_dir / "checkpoints" / "last"
-            model_state, tensors, state = ckpt.load_checkpoint(last)
-            _check_compatible(state, cfg, last)
-            model.load_state_dict(model_state)
-            ckpt.optimizer_from_flat(optimizer, "optim", tensors, state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            method.load_state_dict(_method_state(tensors, state, "method"))
-            for t in tasks:
-                batchers[t].load_state_dict(state["batchers"][t])
-            ckpt.set_rng_state(tensors, state["rng"])
-            start_step, best_score = state["step"], state.get("best_score", -math.inf)
-            skipped = state.get("skipped_steps", 0)
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+        # ---- restore, run store ------------------------------------------------------------
+        stateful = {"method": method,
+                    **{f"counterfactual.{m}": cf for m, cf in counterfactuals.items()}}
+        start_step, best_score, skipped, metrics, saved_at_start, wall_before = \
+            0, -math.inf, 0, {}, [], 0.0
+        if found is not None:  # last, as it sets the RNG states
+            path, (model_state, tensors, state) = found
+            start_step = ckpt.restore_training_state(
+                path, model_state, tensors, state, model=model, optimizer=optimizer,
+                scheduler=scheduler, methods=stateful, batchers=batchers, max_step=cfg.steps)
+            best_score = -math.inf if state.get("best_score") is None else state["best_score"]
+            skipped, metrics = state.get("skipped_steps", 0), state.get("metrics") or {}
+            saved_at_start, wall_before = state.get("saves", ["last"]), state.get("wall_time", 0)
+        if not (self.run_dir / "config.yaml").is_file():
+            _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg),
+                                                                       sort_keys=False))
         writer = RunWriter(self.run_dir, name=cfg.name, config=to_dict(cfg), tasks=tasks,
                            blocks=[(b.name, b.numel) for b in engine.blocks], method=cfg.method,
-                           seed=cfg.seed, schedule=cfg.schedule, resume=self.resume)
-        if self.resume:
-            writer.truncate_after(start_step - 1)
+                           seed=cfg.seed, schedule=cfg.schedule,
+                           resume=(self.run_dir / STORE_FILENAME).exists())
         monitor = Monitor(writer, tasks, engine.block_names)
 
-        def save(kind: str, step: int, metrics: dict | None = None) -> Path:
-            tensors, state = self._train_state(model, optimizer, scheduler, method, batchers,
-                                               step, best_score, skipped, metrics)
-            path = ckpt.save_checkpoint(self.run_dir / "checkpoints" / kind,
-                                        model_state=model.state_dict(), tensors=tensors,
-                                        state=state)
-            writer.log_checkpoint(step, kind, str(path))
-            return path
+        def save(kinds: list[str], step: int, rng: tuple, saved_now: list[str]) -> None:
+            # Every row before this checkpoint is committed first, so a run resumed from it
+            # never has a gap in its store.
+            writer.flush()
+            bad = _nonfinite_parameter(model)
+            if bad is not None:
+                raise NonFiniteError(f"step {step}: parameter {bad!r} is not finite; not "
+                                     "saving it" + _last_good(self.checkpoint_dir))
+            saved_now.extend(kinds)
+            tensors, state = ckpt.training_state(
+                optimizer=optimizer, scheduler=scheduler, methods=stateful, batchers=batchers,
+                rng=rng, step=step, config=to_dict(cfg), tasks=tasks,
+                best_score=best_score if math.isfinite(best_score) else None,
+                skipped_steps=skipped, metrics=metrics,
+                saves=list(saved_now),  # the checkpoints of this step: store rows on resume
+                wall_time=wall_before + time.perf_counter() - t_start)
+            first = ckpt.save_checkpoint(self.checkpoint_dir / kinds[0],
+                                         model_state=model.state_dict(), tensors=tensors,
+                                         state=state)
+            for kind in kinds[1:]:
+                ckpt.link_checkpoint(first, self.checkpoint_dir / kind)
+            for kind in kinds:
+                writer.log_checkpoint(step, kind, str(self.checkpoint_dir / kind))
 
         def run_eval(step: int) -> dict:
             metrics = evaluate(model, dev_sets, special_ids=special, max_length=cfg.max_length,
@@ -258,23 +324,35 @@ class Trainer:
         # ---- the loop ----------------------------------------------------------------------
         # Everything logged at step s describes the model after s updates: step s's training
         # Gramian, its probe, and (for s > 0) the evaluation and checkpoint at the top of the
-        # iteration. A resumed run restarts at the top of its checkpoint's step and redoes it.
+        # iteration. A resumed run restarts at the top of its checkpoint's step and redoes it,
+        # except the checkpoints, which exist already.
         model.train()
-        metrics: dict = {}
         bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress,
                    desc=f"{cfg.name} [{cfg.method}/{cfg.schedule}]")
         try:
+            if self.resume:
+                # Rows after the checkpoint are redone; the checkpoint's own rows are logged
+                # again, since a kill may have come before they were committed.
+                writer.truncate_after(start_step - 1)
+                for kind in saved_at_start:
+                    writer.log_checkpoint(start_step, kind, str(self.checkpoint_dir / kind))
             for step in range(start_step, cfg.steps + 1):
                 final = step == cfg.steps
+                saving = cfg.save_checkpoints and step > start_step
+                saved_now: list[str] = []
+                # RNG states as they are before the evaluation: a resumed run redoes it
+                rng = ckpt.rng_state() if saving else None
                 if step > 0 and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
                     metrics = run_eval(step)
-                    if cfg.save_checkpoints and _score(metrics) > best_score:
+                    if saving and _score(metrics) > best_score:
                         best_score = _score(metrics)
-                        save("best", step, metrics)
-                if cfg.save_checkpoints and (final or (
-                        cfg.checkpoint_every and step > start_step
-                        and step % cfg.checkpoint_every == 0)):
-                    save("last", step, metrics)
+                        save(["best"], step, rng, saved_now)
+                periodic = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+                if saving and (final or periodic):
+                    keep = periodic and cfg.keep_checkpoints > 0
+                    save([f"step-{step}"] * keep + ["last"], step, rng, saved_now)
+                    if keep:
+                        ckpt.rotate_checkpoints(self.checkpoint_dir, cfg.keep_checkpoints, step)
                 if cfg.probe_every and (final or step % cfg.probe_every == 0):
                     self._probe(step, model, engine, tasks, probe_batches, counterfactuals,
                                 monitor, scheduler.get_last_lr()[0], head_params)
@@ -294,7 +372,7 @@ class Trainer:
                                      cfg.sts_loss)
                     losses[row] = loss.item()
                     if not math.isfinite(losses[row]):
-                        fault = f"non-finite loss {losses[row].item()} for task {task!r}"
+                        fault = f"non-finite loss {losses[row].item()} of task {task!r}"
                         break
                     loss.backward()
                 block_gramians = weights = output = None
@@ -310,43 +388,72 @@ class Trainer:
                         output = method(_method_input(block_gramians.sum(0), block_gramians,
                                                       engine, losses, step))
                         weights = output.weights
-                        engine.write_update(weights, len(active))
+                        if not bool(torch.isfinite(weights).all()):
+                            fault = (f"method {cfg.method!r} returned non-finite task weights "
+                                     f"{weights.tolist()}")
+                        else:
+                            engine.write_update(weights, len(active))
+                if fault is None:
                     clip = _clip(model, cfg.max_grad_norm)
                     if not math.isfinite(clip):
                         fault = "non-finite gradient in the task heads"
                 if fault is not None:
                     message = f"step {step}: {fault}"
                     if cfg.nonfinite == "error":
-                        raise NonFiniteError(message + _last_good(self.run_dir))
+                        raise NonFiniteError(message + _last_good(self.checkpoint_dir))
                     skipped += 1
-                    warnings.warn(message + " -- step skipped", RuntimeWarning, stacklevel=2)
+                    warnings.warn(message + " -- step skipped", RuntimeWarning, stacklevel=3)
                     writer.log_scalars(step, {"skipped": 1.0})
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
-                    bar.update(1)
-                    continue
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-
-                monitor.train_step(step, [tasks[i] for i in active], losses, weights, output,
-                                   block_gramians if schedule.is_joint and
-                                   cfg.log_train_gramians else None,
-                                   lr=lr, grad_norm=clip,
-                                   step_time=time.perf_counter() - t0)
+                else:
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    monitor.train_step(step, [tasks[i] for i in active], losses, weights, output,
+                                       block_gramians if schedule.is_joint and
+                                       cfg.log_train_gramians else None,
+                                       lr=lr, grad_norm=clip,
+                                       step_time=time.perf_counter() - t0)
+                    bar.set_postfix({tasks[i]: f"{losses[r]:.3f}" for r, i in enumerate(active)})
                 bar.update(1)
-                bar.set_postfix({tasks[i]: f"{losses[r]:.3f}" for r, i in enumerate(active)})
-        except BaseException:
-            writer.close(status="failed")
+                if self._after_step is not None:
+                    self._after_step(step, model)
+        except BaseException as err:
+            try:
+                writer.close(status="stopped" if isinstance(err, KeyboardInterrupt) else "failed")
+            except StoreError:
+                pass  # keep the original error (e.g. a full disk already raised it)
             raise
         finally:
             bar.close()
-        wall = time.perf_counter() - t_start
+        wall = wall_before + time.perf_counter() - t_start
         writer.log_scalars(cfg.steps, {"wall_time": wall})
         writer.close(status="finished")
-        (self.run_dir / "metrics.json").write_text(json.dumps(
-            {"metrics": metrics, "wall_time": wall}, indent=1), encoding="utf-8")
+        _write_atomic(self.run_dir / "metrics.json",
+                      json.dumps({"metrics": metrics, "wall_time": wall}, indent=1))
         return RunHandle(self.run_dir, cfg, metrics, wall, skipped)
+
+    # ---- resume ------------------------------------------------------------------------
+
+    def _find_resume_point(self) -> tuple[Path, tuple[dict, dict, dict]] | None:
+        """The checkpoint to continue from (None: none saved, start again at step 0)."""
+        for action in ckpt.recover_checkpoints(self.checkpoint_dir):
+            warnings.warn(action, RuntimeWarning, stacklevel=4)
+        found = ckpt.latest_checkpoint(self.checkpoint_dir)
+        if found is None:
+            config_file = self.run_dir / "config.yaml"
+            if config_file.is_file():
+                _check_compatible(to_dict(load_config(config_file)), self.cfg, config_file)
+            warnings.warn(f"{self.run_dir} has no checkpoint: its run starts again at step 0",
+                          RuntimeWarning, stacklevel=4)
+            return None
+        path, (_, _, state) = found
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            raise ckpt.CheckpointError(f"checkpoint {path}: state.json holds no config")
+        _check_compatible(saved, self.cfg, path)
+        return found
 
     # ---- probes ------------------------------------------------------------------------
 
@@ -355,29 +462,47 @@ class Trainer:
         """All task gradients on the fixed probe batches, dropout off, parameters unchanged."""
         was_training = model.training
         model.eval()
-        losses = torch.zeros(len(tasks), dtype=torch.float64)
-        for row, task in enumerate(tasks):
-            engine.bind_row(row)
-            batch = probe_batches[task]
-            loss = task_loss(TASKS[task], model(task, batch), batch["labels"], self.cfg.sts_loss)
-            loss.backward()
-            losses[row] = loss.item()
-        for p in head_params:
-            p.grad = None
-        block_gramians = engine.block_gramians(len(tasks))
-        gramian = block_gramians.sum(0)
-        results = {}
-        for name, method in counterfactuals.items():
-            out = method(_method_input(gramian, block_gramians, engine, losses, step))
-            w = out.weights if out.weights.dim() == 1 else out.weights.sum(0) / len(engine.blocks)
-            predicted = -lr * (gramian @ w.to(gramian.dtype))
-            measured = None
-            if self.cfg.measure_counterfactual:
-                measured = self._virtual_step(model, engine, tasks, probe_batches, out.weights,
-                                              lr) - losses
-            results[name] = (w, predicted, measured)
-        monitor.probe(step, block_gramians, losses, results)
-        model.train(was_training)
+        try:
+            losses = torch.zeros(len(tasks), dtype=torch.float64)
+            fault = None
+            for row, task in enumerate(tasks):
+                engine.bind_row(row)
+                batch = probe_batches[task]
+                loss = task_loss(TASKS[task], model(task, batch), batch["labels"],
+                                 self.cfg.sts_loss)
+                losses[row] = loss.item()
+                if not math.isfinite(losses[row]):
+                    fault = f"non-finite probe loss {losses[row].item()} of task {task!r}"
+                    break
+                loss.backward()
+            for p in head_params:
+                p.grad = None
+            block_gramians = None
+            if fault is None:
+                block_gramians = engine.block_gramians(len(tasks))
+                fault = _nonfinite_block(block_gramians, engine.block_names, tasks)
+            if fault is not None:
+                message = f"step {step}: probe: {fault}"
+                if self.cfg.nonfinite == "error":
+                    raise NonFiniteError(message + _last_good(self.checkpoint_dir))
+                warnings.warn(message + " -- probe skipped", RuntimeWarning, stacklevel=4)
+                monitor.writer.log_scalars(step, {"skipped_probe": 1.0})
+                return
+            gramian = block_gramians.sum(0)
+            results = {}
+            for name, method in counterfactuals.items():
+                out = method(_method_input(gramian, block_gramians, engine, losses, step))
+                w = out.weights if out.weights.dim() == 1 else \
+                    out.weights.sum(0) / len(engine.blocks)
+                predicted = -lr * (gramian @ w.to(gramian.dtype))
+                measured = None
+                if self.cfg.measure_counterfactual:
+                    measured = self._virtual_step(model, engine, tasks, probe_batches,
+                                                  out.weights, lr) - losses
+                results[name] = (w, predicted, measured)
+            monitor.probe(step, block_gramians, losses, results)
+        finally:
+            model.train(was_training)
 
     @torch.no_grad()
     def _virtual_step(self, model, engine, tasks, probe_batches, weights, lr) -> torch.Tensor:
@@ -391,34 +516,6 @@ class Trainer:
                                for t in tasks], dtype=torch.float64)
         engine.load_flat_params(saved)
         return losses
-
-    # ---- checkpoint state --------------------------------------------------------------
-
-    def _train_state(self, model, optimizer, scheduler, method, batchers, step, best_score,
-                     skipped, metrics) -> tuple[dict, dict]:
-        tensors, optim_meta = ckpt.optimizer_to_flat(optimizer, "optim")
-        rng_tensors, rng_meta = ckpt.rng_state()
-        tensors.update(rng_tensors)
-        method_json = {}
-        for key, value in method.state_dict().items():
-            if torch.is_tensor(value):
-                tensors[f"method.{key}"] = value
-            else:
-                method_json[key] = value
-        state = {
-            "step": step,
-            "config": to_dict(self.cfg),
-            "tasks": list(self.cfg.tasks),
-            "optimizer": optim_meta,
-            "scheduler": scheduler.state_dict(),
-            "method": method_json,
-            "batchers": {t: b.state_dict() for t, b in batchers.items()},
-            "rng": rng_meta,
-            "best_score": best_score if math.isfinite(best_score) else None,
-            "skipped_steps": skipped,
-            "metrics": metrics,
-        }
-        return tensors, state
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -438,20 +535,19 @@ def _method_input(gramian, block_gramians, engine, losses, step):
                        block_names=engine.block_names, losses=losses, step=step)
 
 
-def _method_state(tensors: dict, state: dict, prefix: str) -> dict:
-    out = dict(state.get(prefix, {}))
-    for name, value in tensors.items():
-        if name.startswith(prefix + "."):
-            out[name[len(prefix) + 1:]] = value
-    return out
-
-
 def _nonfinite_block(block_gramians: torch.Tensor, names, tasks) -> str | None:
     diag = torch.diagonal(block_gramians, dim1=-2, dim2=-1)  # [B, Ta]
     if bool(torch.isfinite(diag).all()):
         return None
     b, t = (~torch.isfinite(diag)).nonzero()[0].tolist()
-    return f"task {tasks[t]!r}, block {names[b]!r}"
+    return f"non-finite gradient of task {tasks[t]!r} in block {names[b]!r}"
+
+
+def _nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return name
+    return None
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
@@ -468,19 +564,95 @@ def _score(metrics: dict) -> float:
     return value if value is not None and math.isfinite(value) else -math.inf
 
 
-def _last_good(run_dir: Path) -> str:
-    last = run_dir / "checkpoints" / "last"
-    return f"; last good checkpoint: {last}" if last.is_dir() else "; no checkpoint was saved"
+def _last_good(checkpoint_dir: Path) -> str:
+    last = checkpoint_dir / "last"
+    try:
+        step = ckpt.read_state(last)["step"]
+    except (ckpt.CheckpointError, KeyError):
+        return "; no checkpoint was saved"
+    return f"; the last good checkpoint is kept: {last} (step {step})"
 
 
-def _check_compatible(state: dict, cfg: TrainConfig, path: Path) -> None:
-    saved = state.get("config", {})
-    problems = [f"{k}: checkpoint has {saved.get(k)!r}, config has {getattr(cfg, k)!r}"
-                for k in ("tasks", "encoder", "tiny_encoder", "method", "schedule", "seed",
-                          "pooling", "sst_head", "pair_head", "batch_size", "steps")
-                if saved.get(k) != getattr(cfg, k)]
+def _check_compatible(saved: dict, cfg: TrainConfig, source: Path) -> None:
+    """CheckpointError listing every config key (but RESUMABLE_CHANGES) that differs.
+
+    A key the saved config lacks (added to gradlab later) counts as its default.
+    """
+    current, defaults = to_dict(cfg), to_dict(TrainConfig())
+    problems = [f"{k}: the run has {saved.get(k, defaults[k])!r}, the config {v!r}"
+                for k, v in current.items()
+                if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]
+    problems += [f"{k}: unknown key in the run's config" for k in saved if k not in current]
     if problems:
-        raise ckpt.CheckpointError(f"cannot resume from {path}: " + "; ".join(problems))
+        raise ckpt.CheckpointError(
+            f"cannot resume from {source}: it was written by a different run configuration "
+            "(a different model, task set or schedule?): " + "; ".join(problems))
+
+
+def _check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Refuse a new run over an existing one, a resume of nothing, and an unwritable folder."""
+    if resume:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
+        return
+    if run_dir.exists() and (not run_dir.is_dir()
+                             or any(p.name != _LOCK for p in run_dir.iterdir())):
+        raise FileExistsError(
+            f"the run folder {run_dir} already exists; continue that run with "
+            f"`gradlab train --resume {run_dir}` (Python: train(..., resume=True)) or choose "
+            "another name=...")
+    runs_dir = run_dir.parent
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in runs_dir.parents if p.exists()), None)
+        why = (f"{blocker} is a file, not a folder" if blocker is not None
+               and not blocker.is_dir() else err.strerror or str(err))
+        raise OSError(err.errno, f"cannot create the runs folder {runs_dir}: {why}") from None
+    if not os.access(runs_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"the runs folder {runs_dir} is not writable")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, then rename: never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _RunLock:
+    """An exclusive lock on a run folder (flock: the OS releases it when the process dies).
+
+    Creates the folder; removes it again on exit when the run left nothing in it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.created = False
+        self.file = None
+
+    def __enter__(self) -> _RunLock:
+        if not self.run_dir.is_dir():
+            try:
+                self.run_dir.mkdir(parents=True)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot create the run folder {self.run_dir}: "
+                                         f"{err.strerror or err}") from None
+            self.created = True
+        self.file = open(self.run_dir / _LOCK, "a")  # noqa: SIM115 - held for the whole run
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.close()
+                raise RuntimeError(f"the run {self.run_dir} is being trained by another "
+                                   "process") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # releases the lock
+        if self.created and [p.name for p in self.run_dir.iterdir()] == [_LOCK]:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 __all__ = ["NonFiniteError", "RunHandle", "Trainer", "build_model", "load_split", "train"]

@@ -12,18 +12,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train; overrides are key=value (unknown keys are refused).")
     p.add_argument("--config", type=Path, default=None, help="YAML config file")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
-                   help="continue the run folder RUN from its last checkpoint")
+                   help="continue the run folder RUN from its newest checkpoint, with the "
+                        "config saved in it (overrides: only keys that do not change the "
+                        "result, e.g. progress=false threads=4)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from gradlab.store import StoreError
     from gradlab.trainer import train
 
-    if args.resume is not None:
-        handle = resume(args.resume, args.overrides)
-    else:
-        handle = train(args.config, **_overrides(args.overrides))
+    try:
+        if args.resume is not None:
+            if args.config is not None:
+                raise ValueError("--resume continues a run with the config saved in it; "
+                                 "do not pass --config as well")
+            handle = resume(args.resume, args.overrides)
+        else:
+            handle = train(args.config, **_overrides(args.overrides))
+    except StoreError as err:  # names the run store; no traceback needed
+        raise OSError(str(err)) from err
     print(json.dumps({"run": str(handle.path), "metrics": handle.metrics,
                       "wall_time_s": round(handle.wall_time, 1)}, indent=1))
     return 0
@@ -33,9 +42,13 @@ def resume(run_dir: Path, overrides: list[str]):
     """Continue ``run_dir`` with the config saved in it (plus overrides, e.g. progress)."""
     from gradlab.trainer import train
 
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
     config = run_dir / "config.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+        raise FileNotFoundError(f"cannot resume: {run_dir} is not a run folder (it has no "
+                                "config.yaml)")
     values = _overrides(overrides)
     values.update(name=run_dir.name, runs_dir=str(run_dir.parent))
     return train(config, resume=True, **values)
