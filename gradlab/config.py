@@ -42,6 +42,14 @@ class TrainConfig:
     # per-task file and column overrides, e.g. {"para": {"train": "qqp.tsv",
     # "text_columns": ["question1", "question2"]}}
     task_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # extra tasks from any labelled sentence file, each with its own head, e.g.
+    # {"cola": {"train": "cola-train.tsv", "dev": "cola-dev.tsv", "text_columns": ["sentence"],
+    #  "label_column": "label", "label_kind": "class", "num_classes": 2, "label_range": [0, 1]}}
+    # (list the name in `tasks` too)
+    aux_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eda_tasks: list[str] = field(default_factory=list)  # EDA-augment these tasks' train data
+    eda_fraction: float = 0.1  # share of the training rows that get an augmented copy
+    eda_args: dict[str, Any] = field(default_factory=dict)  # alpha_sr/ri/rs, p_rd, n_aug
     # --- model ------------------------------------------------------------------------
     encoder: str = "minilm"  # "minilm" (packaged MiniLM-L6), a local path or a hub id
     tiny_encoder: dict[str, int] | None = None  # random BERT config for tests
@@ -52,13 +60,19 @@ class TrainConfig:
     sts_head: str | None = None  # override pair_head for STS
     head_dropout: float = 0.1
     sts_loss: str = "mse"  # "mse" | "pearson" (1 - Pearson r over the batch)
+    smart_weight: dict[str, float] = field(default_factory=dict)  # SMART weight per task
+    smart_args: dict[str, Any] = field(default_factory=dict)  # epsilon, step_size, noise_var, steps
     # --- optimisation -----------------------------------------------------------------
     method: str = "sum"  # gradient method: sum | mean | pcgrad | ... (gradlab.methods)
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"reduction": "mean"}
     schedule: str = "joint"  # joint | round_robin | sequential
     steps: int = 300  # optimizer steps
-    lr: float = 5e-5  # AdamW learning rate (heads and encoder)
+    lr: float = 5e-5  # AdamW learning rate (heads, and the encoder unless encoder_lr is set)
     weight_decay: float = 0.01
+    # per-task optimizers: each head its own AdamW parameter group at lr/weight_decay, the
+    # shared encoder one with its own (usually more conservative) values
+    encoder_lr: float | None = None
+    encoder_weight_decay: float | None = None
     warmup_ratio: float = 0.1  # linear warmup share of the steps, then linear decay
     max_grad_norm: float | None = 1.0  # clip the update's norm; None: no clipping
     nonfinite: str = "error"  # "error" | "skip": what a NaN/inf loss or gradient does
@@ -74,7 +88,8 @@ class TrainConfig:
     save_checkpoints: bool = True
     progress: bool = True  # tqdm progress bars
     threads: int | None = None  # torch CPU threads (None: torch's default)
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu" or "cuda[:N]"
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward passes)
 
 
 def config_keys() -> list[str]:
@@ -182,12 +197,14 @@ def validate(cfg: TrainConfig) -> list[str]:
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
             p.append(f"{key}={value!r} must be an integer >= {0 if zero_ok else 1}")
 
+    known = sorted({*TASKS, *(cfg.aux_tasks if isinstance(cfg.aux_tasks, dict) else {})})
     if not isinstance(cfg.tasks, list) or not cfg.tasks:
-        p.append(f"tasks={cfg.tasks!r} must be a non-empty list of {sorted(TASKS)}")
+        p.append(f"tasks={cfg.tasks!r} must be a non-empty list of {known}")
     else:
         for t in cfg.tasks:
-            if t not in TASKS:
-                p.append(f"tasks: unknown task {t!r}; known tasks: {sorted(TASKS)}")
+            if t not in known:
+                p.append(f"tasks: unknown task {t!r}; known tasks: {known} (a new task needs "
+                         "an aux_tasks entry)")
         if len(set(cfg.tasks)) != len(cfg.tasks):
             p.append(f"tasks={cfg.tasks!r} lists a task twice")
     choice("method", sorted(METHODS))
@@ -232,6 +249,39 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"tiny_encoder={cfg.tiny_encoder!r} must be a mapping of BertConfig fields")
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         p.append(f"device={cfg.device!r} must be 'cpu' or 'cuda[:N]'")
+    choice("precision", ["fp32", "bf16"])
+    p += _recipe_problems(cfg)
+    return p
+
+
+def _recipe_problems(cfg: TrainConfig) -> list[str]:
+    """Problems with the recipe keys: aux tasks, EDA, SMART, per-task optimizers."""
+    from gradlab.tasks import TASKS
+
+    p: list[str] = []
+    tasks = cfg.tasks if isinstance(cfg.tasks, list) else []
+    if isinstance(cfg.aux_tasks, dict):
+        for name, spec in cfg.aux_tasks.items():
+            if name in TASKS:
+                p.append(f"aux_tasks: {name!r} is a built-in task; choose another name")
+            if not isinstance(spec, dict) or "train" not in spec or "dev" not in spec:
+                p.append(f"aux_tasks[{name!r}] needs at least 'train' and 'dev' files")
+    for t in cfg.eda_tasks if isinstance(cfg.eda_tasks, list) else []:
+        if t not in tasks:
+            p.append(f"eda_tasks: {t!r} is not among tasks {tasks}")
+    if not isinstance(cfg.eda_fraction, int | float) or not 0 <= cfg.eda_fraction <= 1:
+        p.append(f"eda_fraction={cfg.eda_fraction!r} must be in [0, 1]")
+    if isinstance(cfg.smart_weight, dict):
+        for t, w in cfg.smart_weight.items():
+            if t not in tasks:
+                p.append(f"smart_weight: {t!r} is not among tasks {tasks}")
+            if not isinstance(w, int | float) or isinstance(w, bool) or w < 0:
+                p.append(f"smart_weight[{t!r}]={w!r} must be a number >= 0")
+    for key in ("encoder_lr", "encoder_weight_decay"):
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, int | float) or value < 0
+                                  or (key == "encoder_lr" and value == 0)):
+            p.append(f"{key}={value!r} must be a positive number or null")
     return p
 
 

@@ -88,4 +88,17 @@ def average_scalar(value: float, info: DistInfo) -> float:
     return float(t.item() / info.world_size)
 
 
-__all__ = ["DistInfo", "average_gradients", "average_scalar", "init_from_env", "shard"]
+class NullWriter:
+    """The run writer of ranks other than 0: takes every call, writes nothing."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def __getattr__(self, name: str):
+        if name.startswith("log_") or name in ("flush", "close", "truncate_after"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+__all__ = ["DistInfo", "NullWriter", "average_gradients", "average_scalar", "init_from_env",
+           "shard"]

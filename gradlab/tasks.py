@@ -40,6 +40,41 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def register_aux_task(name: str, options: dict) -> TaskSpec:
+    """Add a task read from any labelled sentence file (a 4th task with its own head).
+
+    options: train, dev (files), text_columns (1 or 2 names), label_column, label_kind
+    ("class" | "binary" | "regression"), num_classes (class), label_range [low, high],
+    id_column (default "id"; null numbers rows by line). Registers the task's TaskSpec and
+    its reader so the trainer, evaluation and checkpoints treat it like a built-in task.
+    """
+    from gradlab.data import DEFAULT_FILES, DEFAULT_READERS, ReaderSpec
+
+    allowed = {"train", "dev", "text_columns", "label_column", "label_kind", "num_classes",
+               "label_range", "id_column"}
+    unknown = sorted(set(options) - allowed)
+    missing = sorted({"train", "dev", "text_columns", "label_column", "label_kind",
+                      "label_range"} - set(options))
+    if unknown or missing:
+        raise ValueError(f"aux_tasks[{name!r}]: unknown keys {unknown}, missing keys {missing}; "
+                         f"allowed: {sorted(allowed)}")
+    kind = options["label_kind"]
+    if kind not in ("class", "binary", "regression"):
+        raise ValueError(f"aux_tasks[{name!r}]: label_kind={kind!r} is not one of "
+                         "['class', 'binary', 'regression']")
+    columns = tuple(options["text_columns"])
+    classes = options.get("num_classes") if kind == "class" else (2 if kind == "binary" else None)
+    reader = ReaderSpec(columns, options["label_column"], kind, classes,
+                        tuple(options["label_range"]), options.get("id_column", "id"))
+    spec = TaskSpec(name, name.upper(), "single" if len(columns) == 1 else "pair", kind,
+                    classes if kind == "class" else 1,
+                    "pearson" if kind == "regression" else "accuracy")
+    TASKS[name] = spec
+    DEFAULT_READERS[name] = reader
+    DEFAULT_FILES[name] = (options["train"], options["dev"])
+    return spec
+
+
 def task_loss(spec: TaskSpec, predictions: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse"
               ) -> torch.Tensor:
     """Mean loss of a batch.
@@ -122,6 +157,7 @@ __all__ = [
     "overall_metrics",
     "pearson_loss",
     "predict_labels",
+    "register_aux_task",
     "task_loss",
     "task_metrics",
 ]

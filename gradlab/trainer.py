@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
-import shutil
 import time
 import warnings
+import zlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,19 +48,23 @@ from gradlab.data import (
     special_token_ids,
     tokenize_texts,
 )
+from gradlab.distributed import (
+    NullWriter,
+    average_gradients,
+    average_scalar,
+    init_from_env,
+    shard,
+)
 from gradlab.engine import GradientEngine
 from gradlab.evaluate import EvalSet, evaluate
 from gradlab.methods import get_method
 from gradlab.model import MultitaskModel, block_name, load_encoder, load_tokenizer
 from gradlab.monitor import Monitor
+from gradlab.regularizers import smart_loss
+from gradlab.rundir import RunLock, check_run_folder, write_atomic
 from gradlab.schedules import get_schedule
 from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
-from gradlab.tasks import TASKS, task_loss
-
-try:  # POSIX: an exclusive lock per run folder
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from gradlab.tasks import TASKS, register_aux_task, task_loss
 
 
 class NonFiniteError(FloatingPointError):
@@ -119,6 +123,7 @@ def _resolve_config(config: TrainConfig | str | Path | None, overrides: dict[str
 
 def build_model(cfg: TrainConfig) -> tuple[MultitaskModel, Any]:
     """The model and tokenizer a config describes (encoder weights: pretrained or seeded)."""
+    _register_aux_tasks(cfg)
     tokenizer = load_tokenizer(cfg.encoder)
     encoder = load_encoder(cfg.encoder, tiny=cfg.tiny_encoder, seed=cfg.seed)
     pair_heads = {"para": cfg.para_head or cfg.pair_head, "sts": cfg.sts_head or cfg.pair_head}
@@ -132,8 +137,18 @@ def build_model(cfg: TrainConfig) -> tuple[MultitaskModel, Any]:
     return model.to(cfg.device), tokenizer
 
 
+def _register_aux_tasks(cfg: TrainConfig) -> None:
+    for name, options in cfg.aux_tasks.items():
+        register_aux_task(name, options)
+
+
 def load_split(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalSet:
-    """Read and tokenize one task's split ("train" or "dev") as the config says."""
+    """Read and tokenize one task's split ("train" or "dev") as the config says.
+
+    Training data of the ``eda_tasks`` gets EDA-augmented copies of ``eda_fraction`` of its
+    rows (seeded by the run's seed and the task, so a resumed run rebuilds the same data).
+    """
+    _register_aux_tasks(cfg)
     overrides = cfg.task_files.get(task) or {}
     if not isinstance(overrides, dict):
         raise ValueError(f"task_files[{task!r}] must be a mapping (train, dev, text_columns, "
@@ -156,17 +171,34 @@ def load_split(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalS
         raise FileNotFoundError(f"task {task!r}: {split} file {path} does not exist")
     limit = cfg.train_limit if split == "train" else cfg.dev_limit
     examples = read_task_file(path, spec, task=task, strict=cfg.strict_data, limit=limit)
+    if split == "train" and task in cfg.eda_tasks and cfg.eda_fraction > 0:
+        from gradlab.augment import augment_examples
+
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(task.encode())])
+        examples = augment_examples(examples, rng, cfg.eda_fraction, **cfg.eda_args)
     return EvalSet(task, tokenize_texts(examples, tokenizer), examples.ids)
 
 
 def _optimizer(model: MultitaskModel, cfg: TrainConfig) -> torch.optim.AdamW:
-    # No weight decay on biases and LayerNorm weights (the BERT recipe).
-    decay, no_decay = [], []
-    for _name, p in [*model.shared_parameters(), *model.head_parameters()]:
-        (no_decay if p.ndim < 2 else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW with one parameter group per part: the shared encoder (``encoder_lr``,
+    ``encoder_weight_decay``; default ``lr``, ``weight_decay``) and each task head (``lr``,
+    ``weight_decay``). Per-parameter AdamW makes each head's group an optimizer of its own
+    (the per-task optimizers of the papers' recipes) while one object steps, checkpoints and
+    schedules them all. No weight decay on biases and LayerNorm weights (the BERT recipe).
+    """
+    encoder_lr = cfg.lr if cfg.encoder_lr is None else cfg.encoder_lr
+    encoder_wd = cfg.weight_decay if cfg.encoder_weight_decay is None else \
+        cfg.encoder_weight_decay
+    parts = [("encoder", [p for _, p in model.shared_parameters()], encoder_lr, encoder_wd)]
+    parts += [(f"head.{t}", list(model.heads[t].parameters()), cfg.lr, cfg.weight_decay)
+              for t in model.tasks]
+    groups = []
+    for name, params, lr, wd in parts:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups += [{"params": decay, "weight_decay": wd, "lr": lr, "name": name},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr, "name": name}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 def probe_indices(num_examples: int, batch_size: int, seed: int, task: str) -> np.ndarray:
@@ -182,7 +214,6 @@ def probe_indices(num_examples: int, batch_size: int, seed: int, task: str) -> n
 RESUMABLE_CHANGES = ("name", "runs_dir", "data_dir", "progress", "threads", "device",
                      "eval_batch_size", "nonfinite", "checkpoint_every", "keep_checkpoints",
                      "save_checkpoints")
-_LOCK = ".lock"
 
 
 class Trainer:
@@ -199,7 +230,10 @@ class Trainer:
         self._after_step = _after_step
         self.run_dir = resolve_run_dir(Path(cfg.runs_dir), cfg.name)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        _check_run_folder(self.run_dir, resume)  # before any data or model is loaded
+        # torchrun sets RANK/WORLD_SIZE: every rank trains, only rank 0 writes
+        self.dist = init_from_env()
+        if self.dist.is_main:
+            check_run_folder(self.run_dir, resume)  # before any data or model is loaded
 
     def _seed(self) -> None:
         random.seed(self.cfg.seed)
@@ -212,10 +246,29 @@ class Trainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         try:
-            with _RunLock(self.run_dir):
+            with RunLock(self.run_dir) if self.dist.is_main else nullcontext():
                 return self._run()
         finally:
             torch.set_num_threads(threads)
+
+    def _loss(self, model: MultitaskModel, task: str, batch: dict, *, smart: bool = True
+              ) -> tuple[torch.Tensor, float]:
+        """(loss to backpropagate, the task loss alone) of one batch; forward under autocast
+        when precision is bf16; plus the SMART term when the task has a smart_weight."""
+        cfg = self.cfg
+        autocast = torch.autocast(device_type=torch.device(cfg.device).type,
+                                  dtype=torch.bfloat16) if cfg.precision == "bf16" \
+            else nullcontext()
+        with autocast:
+            predictions = model(task, batch)
+        loss = task_loss(TASKS[task], predictions.float(), batch["labels"], cfg.sts_loss)
+        value = loss.item()
+        weight = cfg.smart_weight.get(task, 0.0) if smart else 0.0
+        if weight and math.isfinite(value):
+            with autocast:
+                loss = loss + weight * smart_loss(model, task, batch, predictions=predictions,
+                                                  **cfg.smart_args)
+        return loss, value
 
     def _run(self) -> RunHandle:  # noqa: C901 - the loop is meant to read top to bottom
         cfg = self.cfg
@@ -247,6 +300,7 @@ class Trainer:
                                    task=t) for t in tasks}
 
         def batch_of(task: str, tokenized: TokenizedTask, index: np.ndarray) -> dict:
+            index = shard(index, self.dist)  # this rank's share of the global batch
             batch = collate(tokenized, index, layout=model.layout(task),
                             max_length=cfg.max_length, **special)
             return {k: v.to(cfg.device) for k, v in batch.items()}
@@ -280,18 +334,21 @@ class Trainer:
             best_score = -math.inf if state.get("best_score") is None else state["best_score"]
             skipped, metrics = state.get("skipped_steps", 0), state.get("metrics") or {}
             saved_at_start, wall_before = state.get("saves", ["last"]), state.get("wall_time", 0)
-        if not (self.run_dir / "config.yaml").is_file():
-            _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg),
+        if self.dist.is_main and not (self.run_dir / "config.yaml").is_file():
+            write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg),
                                                                        sort_keys=False))
-        writer = RunWriter(self.run_dir, name=cfg.name, config=to_dict(cfg), tasks=tasks,
-                           blocks=[(b.name, b.numel) for b in engine.blocks], method=cfg.method,
-                           seed=cfg.seed, schedule=cfg.schedule,
-                           resume=(self.run_dir / STORE_FILENAME).exists())
+        writer = NullWriter(cfg.method) if not self.dist.is_main else RunWriter(
+            self.run_dir, name=cfg.name, config=to_dict(cfg), tasks=tasks,
+            blocks=[(b.name, b.numel) for b in engine.blocks], method=cfg.method,
+            seed=cfg.seed, schedule=cfg.schedule,
+            resume=(self.run_dir / STORE_FILENAME).exists())
         monitor = Monitor(writer, tasks, engine.block_names)
 
         def save(kinds: list[str], step: int, rng: tuple, saved_now: list[str]) -> None:
             # Every row before this checkpoint is committed first, so a run resumed from it
             # never has a gap in its store.
+            if not self.dist.is_main:
+                return
             writer.flush()
             bad = _nonfinite_parameter(model)
             if bad is not None:
@@ -314,6 +371,8 @@ class Trainer:
                 writer.log_checkpoint(step, kind, str(self.checkpoint_dir / kind))
 
         def run_eval(step: int) -> dict:
+            if not self.dist.is_main:
+                return {}
             metrics = evaluate(model, dev_sets, special_ids=special, max_length=cfg.max_length,
                                batch_size=cfg.eval_batch_size, progress=cfg.progress)
             for task, values in metrics.items():
@@ -368,13 +427,19 @@ class Trainer:
                     task = tasks[ti]
                     batch = batch_of(task, train_sets[task].tokenized, next(batchers[task]))
                     engine.bind_row(row)
-                    loss = task_loss(TASKS[task], model(task, batch), batch["labels"],
-                                     cfg.sts_loss)
-                    losses[row] = loss.item()
+                    loss, losses[row] = self._loss(model, task, batch)
                     if not math.isfinite(losses[row]):
                         fault = f"non-finite loss {losses[row].item()} of task {task!r}"
-                        break
+                        if not self.dist.enabled:
+                            break
+                        continue  # every rank must reach the same collectives
                     loss.backward()
+                if self.dist.enabled:  # global gradients: the mean over the ranks' shares
+                    fault = _any_fault(fault, self.dist)
+                    if fault is None:
+                        average_gradients(engine.jacobian[:len(active)], head_params, self.dist)
+                        losses = torch.tensor([average_scalar(v, self.dist)
+                                               for v in losses.tolist()], dtype=torch.float64)
                 block_gramians = weights = output = None
                 if fault is None:
                     block_gramians = engine.block_gramians(len(active))  # [B, Ta, Ta]
@@ -430,8 +495,9 @@ class Trainer:
         wall = wall_before + time.perf_counter() - t_start
         writer.log_scalars(cfg.steps, {"wall_time": wall})
         writer.close(status="finished")
-        _write_atomic(self.run_dir / "metrics.json",
-                      json.dumps({"metrics": metrics, "wall_time": wall}, indent=1))
+        if self.dist.is_main:
+            write_atomic(self.run_dir / "metrics.json",
+                         json.dumps({"metrics": metrics, "wall_time": wall}, indent=1))
         return RunHandle(self.run_dir, cfg, metrics, wall, skipped)
 
     # ---- resume ------------------------------------------------------------------------
@@ -467,14 +533,19 @@ class Trainer:
             fault = None
             for row, task in enumerate(tasks):
                 engine.bind_row(row)
-                batch = probe_batches[task]
-                loss = task_loss(TASKS[task], model(task, batch), batch["labels"],
-                                 self.cfg.sts_loss)
-                losses[row] = loss.item()
+                loss, losses[row] = self._loss(model, task, probe_batches[task], smart=False)
                 if not math.isfinite(losses[row]):
                     fault = f"non-finite probe loss {losses[row].item()} of task {task!r}"
-                    break
+                    if not self.dist.enabled:
+                        break
+                    continue
                 loss.backward()
+            if self.dist.enabled:
+                fault = _any_fault(fault, self.dist)
+                if fault is None:
+                    average_gradients(engine.jacobian[:len(tasks)], [], self.dist)
+                    losses = torch.tensor([average_scalar(v, self.dist)
+                                           for v in losses.tolist()], dtype=torch.float64)
             for p in head_params:
                 p.grad = None
             block_gramians = None
@@ -492,9 +563,12 @@ class Trainer:
             results = {}
             for name, method in counterfactuals.items():
                 out = method(_method_input(gramian, block_gramians, engine, losses, step))
-                w = out.weights if out.weights.dim() == 1 else \
-                    out.weights.sum(0) / len(engine.blocks)
-                predicted = -lr * (gramian @ w.to(gramian.dtype))
+                w = out.weights.to(gramian.dtype)
+                # first-order change of each loss: -lr G w (blockwise: -lr sum_b G_b w_b)
+                predicted = -lr * (gramian @ w if w.dim() == 1 else
+                                   torch.einsum("bij,bj->i", block_gramians, w))
+                if w.dim() == 2:  # log the block-averaged weights of a blockwise method
+                    w = w.mean(0)
                 measured = None
                 if self.cfg.measure_counterfactual:
                     measured = self._virtual_step(model, engine, tasks, probe_batches,
@@ -511,8 +585,8 @@ class Trainer:
         engine.write_update(weights, len(tasks))
         for p in engine.params:
             p.sub_(lr * p.grad)
-        losses = torch.tensor([task_loss(TASKS[t], model(t, probe_batches[t]),
-                                         probe_batches[t]["labels"], self.cfg.sts_loss).item()
+        losses = torch.tensor([average_scalar(self._loss(model, t, probe_batches[t],
+                                                         smart=False)[1], self.dist)
                                for t in tasks], dtype=torch.float64)
         engine.load_flat_params(saved)
         return losses
@@ -533,6 +607,13 @@ def _method_input(gramian, block_gramians, engine, losses, step):
 
     return MethodInput(gramian=gramian, block_gramians=block_gramians,
                        block_names=engine.block_names, losses=losses, step=step)
+
+
+def _any_fault(fault: str | None, info) -> str | None:
+    """The fault of this rank, or of another one: every rank must skip or stop together."""
+    if average_scalar(0.0 if fault is None else 1.0, info) == 0.0:
+        return None
+    return fault or "a non-finite loss or gradient on another rank"
 
 
 def _nonfinite_block(block_gramians: torch.Tensor, names, tasks) -> str | None:
@@ -587,72 +668,6 @@ def _check_compatible(saved: dict, cfg: TrainConfig, source: Path) -> None:
         raise ckpt.CheckpointError(
             f"cannot resume from {source}: it was written by a different run configuration "
             "(a different model, task set or schedule?): " + "; ".join(problems))
-
-
-def _check_run_folder(run_dir: Path, resume: bool) -> None:
-    """Refuse a new run over an existing one, a resume of nothing, and an unwritable folder."""
-    if resume:
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
-        return
-    if run_dir.exists() and (not run_dir.is_dir()
-                             or any(p.name != _LOCK for p in run_dir.iterdir())):
-        raise FileExistsError(
-            f"the run folder {run_dir} already exists; continue that run with "
-            f"`gradlab train --resume {run_dir}` (Python: train(..., resume=True)) or choose "
-            "another name=...")
-    runs_dir = run_dir.parent
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        blocker = next((p for p in runs_dir.parents if p.exists()), None)
-        why = (f"{blocker} is a file, not a folder" if blocker is not None
-               and not blocker.is_dir() else err.strerror or str(err))
-        raise OSError(err.errno, f"cannot create the runs folder {runs_dir}: {why}") from None
-    if not os.access(runs_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"the runs folder {runs_dir} is not writable")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class _RunLock:
-    """An exclusive lock on a run folder (flock: the OS releases it when the process dies).
-
-    Creates the folder; removes it again on exit when the run left nothing in it.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.created = False
-        self.file = None
-
-    def __enter__(self) -> _RunLock:
-        if not self.run_dir.is_dir():
-            try:
-                self.run_dir.mkdir(parents=True)
-            except OSError as err:
-                raise OSError(err.errno, f"cannot create the run folder {self.run_dir}: "
-                                         f"{err.strerror or err}") from None
-            self.created = True
-        self.file = open(self.run_dir / _LOCK, "a")  # noqa: SIM115 - held for the whole run
-        if fcntl is not None:
-            try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self.file.close()
-                raise RuntimeError(f"the run {self.run_dir} is being trained by another "
-                                   "process") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()  # releases the lock
-        if self.created and [p.name for p in self.run_dir.iterdir()] == [_LOCK]:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 __all__ = ["NonFiniteError", "RunHandle", "Trainer", "build_model", "load_split", "train"]
