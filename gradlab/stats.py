@@ -72,7 +72,7 @@ def cosines(G: np.ndarray, eps: float = EPS) -> np.ndarray:
     n = task_norms(G)
     valid = n > eps
     both = valid[..., :, None] & valid[..., None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cos = G / (n[..., :, None] * n[..., None, :])
     cos = np.clip(cos, -1.0, 1.0)
     T = G.shape[-1]
@@ -99,7 +99,7 @@ def magnitude_similarity(G: np.ndarray, eps: float = EPS) -> np.ndarray:
     n = task_norms(G)
     sq = n**2
     denom = sq[..., :, None] + sq[..., None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         gms = 2.0 * n[..., :, None] * n[..., None, :] / denom
     gms = np.clip(gms, 0.0, 1.0)
     either = (n > eps)[..., :, None] | (n > eps)[..., None, :]
@@ -119,7 +119,7 @@ def curvature_bounding_measure(G: np.ndarray, eps: float = EPS) -> np.ndarray:
     total = d[..., :, None] + d[..., None, :]
     diff_sq = np.clip(total - 2.0 * G, 0.0, None)
     sum_sq = np.clip(total + 2.0 * G, 0.0, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         xi = (1.0 - cos**2) * diff_sq / sum_sq
     return np.where(sum_sq > 1e-12 * total, xi, np.nan)
 
@@ -137,7 +137,7 @@ def condition_number(G: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
     finite = np.all(np.isfinite(G), axis=(-2, -1))
     lam = np.linalg.eigvalsh(np.where(finite[..., None, None], G, 0.0))
     lmin, lmax = lam[..., 0], lam[..., -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         kappa = np.sqrt(lmax / lmin)
     kappa = np.where(lmin <= rtol * lmax, np.inf, kappa)
     return np.where(finite & (lmax > 0), kappa, np.nan)
@@ -158,7 +158,7 @@ def update_task_cosines(G: np.ndarray, w: np.ndarray, eps: float = EPS) -> np.nd
     Gw = np.einsum("...ij,...j->...i", G, w)
     dn = update_norm(G, w)[..., None]
     n = task_norms(G)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cos = np.clip(Gw / (dn * n), -1.0, 1.0)
     return np.where((dn > eps) & (n > eps), cos, np.nan)
 
@@ -182,7 +182,7 @@ def combination_cosine(G: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float =
     G, b = _as_gramian_and_weights(G, b, name="b")
     na = np.sqrt(np.clip(_quad(G, a, a), 0.0, None))
     nb = np.sqrt(np.clip(_quad(G, b, b), 0.0, None))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cos = np.clip(_quad(G, a, b) / (na * nb), -1.0, 1.0)
     return np.where((na > eps) & (nb > eps), cos, np.nan)
 
@@ -242,7 +242,7 @@ def rolling_rate(x: np.ndarray, window: int, steps: np.ndarray | None = None) ->
     counts = np.concatenate([[0], np.cumsum(valid)])
     end = np.arange(1, n + 1)
     total, count = sums[end] - sums[start], counts[end] - counts[start]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.where(count > 0, total / count, np.nan)
 
 
@@ -305,7 +305,7 @@ def plane_coordinates(
     rest = vv - np.sum(xy**2, axis=-1)
     rest = np.where(rest <= 64 * np.finfo(float).eps * vv, 0.0, rest)
     vn = np.sqrt(vv)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         outside = np.clip(np.sqrt(np.clip(rest, 0.0, None)) / vn, 0.0, 1.0)
     outside = np.where(vn > eps, outside, np.nan)
     outside = np.where(np.isnan(xy).any(axis=-1), np.nan, outside)
@@ -328,7 +328,7 @@ def _pair_basis(G: np.ndarray, pair: Sequence[int], rtol: float, eps: float) -> 
     gii, gjj, gij = G[..., i, i], G[..., j, j], G[..., i, j]
     ni = np.sqrt(np.clip(gii, 0.0, None))
     B = np.zeros((*G.shape[:-2], 2, T))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         B[..., 0, i] = 1.0 / ni
         r2 = gjj - gij**2 / gii  # squared length of g_j's part orthogonal to g_i
         ok = r2 > rtol * np.clip(gjj, 0.0, None)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gradlab.cli import compare, demo, evaluate, export, figures, predict, sweep, train
+from gradlab.store import StoreError
 
 SUBCOMMANDS = {
     "train": train,
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, OSError, StoreError,
+            ImportError) as err:
         # Errors from gradlab name what is wrong; show them without a traceback.
         print(f"gradlab {args.command}: error: {err}", file=sys.stderr)
         return 2
