@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+#: columns per float32 partial product in ``block_gramians`` (partials summed in float64)
+GRAMIAN_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class Block:
@@ -86,13 +89,24 @@ class GradientEngine:
     def block_gramians(self, rows: int) -> torch.Tensor:
         """Per-block Gramians of the first ``rows`` rows of J: [B, rows, rows], float64.
 
-        Block b's Gramian is J_b J_bᵀ with J_b = J[:rows, block b]; they sum to J Jᵀ.
+        Block b's Gramian is J_b J_bᵀ with J_b = J[:rows, block b]; they sum to J Jᵀ. Each
+        block is split into chunks of ``GRAMIAN_CHUNK`` columns whose float32 products are
+        summed in float64: one float32 product over a whole block (the embeddings hold 11.7 M
+        values in MiniLM) loses enough precision to flip the sign of a cosine near 0.
         """
         out = torch.empty(len(self.blocks), rows, rows, dtype=torch.float64)
         jac = self.jacobian[:rows]
         for k, block in enumerate(self.blocks):
-            part = jac[:, block.start:block.stop]
-            out[k] = (part @ part.T).to(device="cpu", dtype=torch.float64)
+            n = block.numel // GRAMIAN_CHUNK
+            split = block.start + n * GRAMIAN_CHUNK
+            gram = torch.zeros(rows, rows, dtype=torch.float64, device=jac.device)
+            if n:
+                chunks = jac[:, block.start:split].reshape(rows, n, GRAMIAN_CHUNK).transpose(0, 1)
+                gram += torch.bmm(chunks, chunks.transpose(1, 2)).double().sum(0)  # [n, T, T]
+            rest = jac[:, split:block.stop]
+            if rest.shape[1]:
+                gram += (rest @ rest.T).double()
+            out[k] = gram.cpu()
         return out
 
     def write_update(self, weights: torch.Tensor, rows: int) -> None:

@@ -132,3 +132,22 @@ def test_block_names_follow_encoder_modules():
     assert block_name("encoder.layer.11.output.dense.bias") == "layer.11"
     assert block_name("pooler.dense.weight") == "pooler"
     assert block_name("transformer.layer.3.ffn.lin1.weight") == "layer.3"
+
+
+def test_large_block_gramian_is_accurate_to_float64():
+    # Blocks longer than GRAMIAN_CHUNK go through the chunked path (float32 partial products
+    # summed in float64); nearly orthogonal gradients must keep the sign of their tiny cosine.
+    from gradlab.engine import GRAMIAN_CHUNK
+
+    gen = torch.Generator().manual_seed(0)
+    n = 3 * GRAMIAN_CHUNK + 123
+    params = [nn.Parameter(torch.zeros(n)), nn.Parameter(torch.zeros(77))]
+    engine = GradientEngine(params, ["big", "small"], 3)
+    base = torch.randn(n + 77, generator=gen, dtype=torch.float64)
+    rows = torch.stack([base + 0.01 * torch.randn(n + 77, generator=gen, dtype=torch.float64)
+                        for _ in range(3)])
+    engine.jacobian.copy_(rows.float())
+    exact = engine.jacobian.double()
+    blocks = engine.block_gramians(3)
+    torch.testing.assert_close(blocks[0], exact[:, :n] @ exact[:, :n].T, rtol=5e-6, atol=0.0)
+    torch.testing.assert_close(blocks[1], exact[:, n:] @ exact[:, n:].T, rtol=5e-6, atol=0.0)

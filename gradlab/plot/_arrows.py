@@ -118,7 +118,7 @@ def gradient_arrows(
     where = f"{_theme.source_label(attrs['source'])}"
     if attrs["block"] != "encoder":
         where += f", {_theme.block_label(attrs['block'])}"
-    prefix = f"{attrs['run']} · " if attrs.get("run") else ""
+    prefix = f"{attrs['run']}\n" if attrs.get("run") else ""  # two lines: fits a column
     step_text = f"step {attrs['step']}, " if attrs.get("step") is not None else ""
     ax.set_title(f"{prefix}{step_text}{where}", loc="left", fontsize="small", color="0.3")
     return ax

@@ -505,10 +505,13 @@ def _task_lines(
         hue, order = "Method", [_theme.method_label(v) for v in variants]
         palette = {_theme.method_label(v): _theme.method_color(v) for v in variants}
         style, style_order = ("Task", task_labels) if len(tasks) > 1 else (None, None)
+    # sparse curves (e.g. dev metrics evaluated a few times) get markers: a run evaluated
+    # once would otherwise draw nothing
+    sparse = df.groupby(["run", "task"])["step"].nunique().min() <= 5
     sns.lineplot(
         data=df, x="step", y="value", hue=hue, hue_order=order, palette=palette,
         style=style, style_order=style_order, errorbar=errorbar if _has_seeds(df) else None,
-        seed=0, ax=ax, legend=bool(legend),
+        seed=0, ax=ax, legend=bool(legend), marker="o" if sparse else None,
     )  # fmt: skip
     _legend(ax, legend)
 

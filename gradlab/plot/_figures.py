@@ -323,7 +323,10 @@ def _suptitle(cos: pd.DataFrame, source: str, block: str, smooth: int | None) ->
     runs = cos["run"].unique()
     variants = _data.order_variants(cos["variant"].unique())
     what = ", ".join(_theme.method_label(v) for v in variants)
-    head = f"{runs[0]} ({what})" if len(runs) == 1 else f"{len(runs)} runs ({what})"
+    if len(runs) == 1:
+        head = what if runs[0] in variants else f"{runs[0]} ({what})"
+    else:
+        head = f"{len(runs)} runs ({what})"
     where = "whole encoder" if block == "encoder" else _theme.block_label(block)
     text = f"{head}\ngradients on {_theme.source_label(source)}, {where}"
     if smooth:

@@ -1,0 +1,504 @@
+"""Shared parts of the benchmark scripts: machine report, timing statistics, fixed batches,
+and the two training steps being compared.
+
+- ``summed_step``: the classic step (forward every task, sum the losses, one backward, clip,
+  AdamW step), with autograd's own ``.grad`` tensors and no engine.
+- ``EngineStep``: the step exactly as ``gradlab.trainer`` runs it for a joint schedule
+  (bind_row + backward per task, block Gramians, method, write_update, clip, AdamW step,
+  then the Monitor writing to a real run store), timing each phase.
+
+Scripts import this module first: it puts the repository root on ``sys.path`` so that
+``python benchmarks/NAME.py`` works from a checkout without installing gradlab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import re
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+#: the --quick encoder: a tiny random BERT (same vocabulary as MiniLM, so the same token ids)
+QUICK_ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 64}
+
+#: the three tasks of the default setting
+TASK_NAMES = ("sst", "para", "sts")
+
+#: the load average (1 min) above which timings are not trusted
+QUIET_LOAD = 0.5
+
+
+# --- command line, machine report, results --------------------------------------------------
+
+
+def base_parser(description: str, *, malloc_option: bool = False) -> argparse.ArgumentParser:
+    """The options every script takes: --quick, --threads, --no-save (and --warm-malloc)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny random BERT and few steps: a smoke run in seconds")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch.get_num_threads())")
+    parser.add_argument("--no-save", action="store_true",
+                        help="do not append the results to benchmarks/results/")
+    if malloc_option:
+        parser.add_argument("--warm-malloc", action="store_true",
+                            help="keep freed memory mapped (glibc mallopt): steps stop paying "
+                                 "page faults for fresh memory; default: the normal allocator")
+    return parser
+
+
+def start(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Set the thread count, print the machine and load, return the report's header."""
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    quiet_transformers()
+    malloc = warm_malloc() if getattr(args, "warm_malloc", False) else None
+    info = machine_info()
+    load = os.getloadavg()
+    print(f"== benchmarks/{name}.py{' --quick' if args.quick else ''}")
+    print(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory_gb']:.1f} GB, "
+          f"{info['platform']}")
+    print(f"python {info['python']}, torch {info['torch']}, transformers "
+          f"{info['transformers']}; torch threads: {threads}")
+    if malloc is not None:
+        print(f"--warm-malloc: glibc mallopt {'applied' if malloc else 'NOT available'}")
+    print(f"load average at start: {_load_str(load)}")
+    if load[0] > QUIET_LOAD:
+        print(f"WARNING: 1-minute load average {load[0]:.2f} > {QUIET_LOAD}: other work is "
+              "running and distorts timings; rerun on a quiet machine for reportable numbers")
+    print()
+    return {"benchmark": name, "started_at": _now(), "quick": bool(args.quick),
+            "threads": threads, "warm_malloc": malloc, "machine": info,
+            "load_start": list(load),
+            "argv": sys.argv[1:], "command": " ".join(["python", f"benchmarks/{name}.py",
+                                                        *sys.argv[1:]])}
+
+
+def finish(header: dict[str, Any], results: dict[str, Any], *, save: bool = True) -> None:
+    """Print the load at the end and append header + results as one JSON line."""
+    load = os.getloadavg()
+    print(f"\nload average at end: {_load_str(load)}")
+    if max(header["load_start"][0], load[0]) > QUIET_LOAD:
+        print("NOTE: the machine was not quiet during this run; treat the numbers as rough.")
+    record = {**header, "load_end": list(load), "finished_at": _now(), "results": results}
+    if save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"{header['benchmark']}.jsonl"
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+        print(f"results appended to {path.relative_to(REPO)}")
+
+
+def quiet_transformers() -> None:
+    """No weight-loading progress bars in the benchmark output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def machine_info() -> dict[str, Any]:
+    import transformers
+
+    cpu_model = platform.processor() or "unknown"
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        match = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE)
+        if match:
+            cpu_model = match.group(1).strip()
+    except OSError:
+        pass
+    try:
+        mem_kb = int(re.search(r"MemTotal:\s+(\d+)",
+                               Path("/proc/meminfo").read_text(encoding="utf-8")).group(1))
+    except (OSError, AttributeError):
+        mem_kb = 0
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "memory_gb": mem_kb / 2**20,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _load_str(load: Sequence[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load) + " (1 / 5 / 15 min)"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+# --- statistics and tables --------------------------------------------------------------------
+
+
+def summarize(times: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles, IQR, mean and count of a list of durations (seconds)."""
+    xs = sorted(times)
+    if not xs:
+        return {"n": 0, "median": math.nan, "q25": math.nan, "q75": math.nan,
+                "iqr": math.nan, "mean": math.nan, "min": math.nan}
+    if len(xs) >= 2:
+        q25, _, q75 = statistics.quantiles(xs, n=4, method="inclusive")
+    else:
+        q25 = q75 = xs[0]
+    return {"n": len(xs), "median": statistics.median(xs), "q25": q25, "q75": q75,
+            "iqr": q75 - q25, "mean": statistics.fmean(xs), "min": xs[0]}
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """A plain fixed-width table (floats with 3 significant decimals)."""
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "-"
+            return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    cells = [[fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def interleaved(variants: Sequence[str], rounds: int, seed: int = 0) -> list[tuple[int, str]]:
+    """(round, variant): every variant once per round, in a fresh seeded random order each
+    round, so that no variant always runs first or after the same neighbour (what the
+    previous step left in the allocator and caches matters) and slow drift cancels out."""
+    order = []
+    for r in range(rounds):
+        names = list(variants)
+        random.Random(seed * 100_003 + r).shuffle(names)
+        order.extend((r, v) for v in names)
+    return order
+
+
+def warm_malloc() -> bool:
+    """Ask glibc's malloc to keep freed memory mapped (no heap trimming, mmap only above
+    32 MiB), so that a step re-uses pages instead of page-faulting fresh ones. Off by default:
+    the trainer runs with the default allocator. Returns False where it is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)
+                    and libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (fresh memory touched for the first time)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# --- model, batches ---------------------------------------------------------------------------
+
+
+def make_config(quick: bool, tasks: Sequence[str] = TASK_NAMES, **overrides: Any):
+    """A TrainConfig with the trainer's defaults (MiniLM, or the tiny BERT with --quick)."""
+    from gradlab.config import load_config
+
+    values: dict[str, Any] = {"tasks": list(tasks), "progress": False, "seed": 0}
+    if quick:
+        values["tiny_encoder"] = dict(QUICK_ENCODER)
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def random_batches(model, tasks: Sequence[str], *, batch_size: int, seq_len: int,
+                   special: Mapping[str, int], vocab_size: int, seed: int
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+    """Fixed random batches, every sequence exactly ``seq_len`` tokens ([CLS] ids [SEP], no
+    padding). Single-sentence tasks: one [B, L] input; bi-encoder pair tasks: two [B, L]
+    inputs (suffixes _a, _b). Labels: 5 classes (sst-like), 0/1 (para), uniform in [0, 5] (sts).
+    """
+    from gradlab.tasks import TASKS
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids() -> dict[str, torch.Tensor]:
+        # 999..: past BERT's [PAD], [unused*], [UNK], [CLS], [SEP], [MASK]
+        body = torch.randint(999, vocab_size, (batch_size, seq_len - 2), generator=generator)
+        input_ids = torch.cat([torch.full((batch_size, 1), special["cls_id"]), body,
+                               torch.full((batch_size, 1), special["sep_id"])], dim=1)
+        return {"input_ids": input_ids,
+                "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+                "token_type_ids": torch.zeros(batch_size, seq_len, dtype=torch.long)}
+
+    batches = {}
+    for task in tasks:
+        layout = model.layout(task)
+        if layout == "bi":
+            batch = {f"{k}_a": v for k, v in ids().items()}
+            batch |= {f"{k}_b": v for k, v in ids().items()}
+        elif layout == "single":
+            batch = ids()
+        else:
+            raise ValueError(f"task {task!r}: layout {layout!r} is not benchmarked")
+        spec = TASKS[task]
+        if spec.output == "class":
+            labels = torch.randint(0, spec.num_classes, (batch_size,), generator=generator)
+        elif spec.output == "binary":
+            labels = torch.randint(0, 2, (batch_size,), generator=generator).float()
+        else:
+            labels = 5.0 * torch.rand(batch_size, generator=generator)
+        batch["labels"] = labels
+        batches[task] = batch
+    return batches
+
+
+def batch_shape_note(model, tasks: Sequence[str], batch_size: int, seq_len: int) -> str:
+    parts = []
+    for task in tasks:
+        layout = model.layout(task)
+        n = 2 if layout == "bi" else 1
+        parts.append(f"{task}: {n} x [{batch_size}, {seq_len}]" + (" (bi-encoder)"
+                                                                    if n == 2 else ""))
+    return "; ".join(parts)
+
+
+@dataclass
+class Setup:
+    """Model, optimizer, scheduler and fixed batches of one benchmark process."""
+
+    cfg: Any
+    model: Any
+    tokenizer: Any
+    tasks: list[str]
+    batches: dict[str, dict[str, torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    special: dict[str, int]
+
+    @property
+    def num_shared(self) -> int:
+        return sum(p.numel() for _, p in self.model.shared_parameters())
+
+
+def build_setup(cfg, *, seq_len: int = 64, seed: int = 0) -> Setup:
+    """The trainer's model, AdamW (its parameter groups) and LR schedule, plus fixed batches."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from gradlab.data import special_token_ids
+    from gradlab.trainer import _optimizer, build_model
+
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = build_model(cfg)
+    model.train()
+    special = special_token_ids(tokenizer)
+    tasks = list(cfg.tasks)
+    batches = random_batches(model, tasks, batch_size=cfg.batch_size, seq_len=seq_len,
+                             special=special, vocab_size=model.encoder.config.vocab_size,
+                             seed=seed)
+    optimizer = _optimizer(model, cfg)
+    # A long schedule: the LR never reaches 0 during a benchmark.
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10**6)
+    return Setup(cfg, model, tokenizer, tasks, batches, optimizer, scheduler, special)
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
+                set_to_none: bool = True) -> None:
+    """The classic step: forward all tasks, sum the losses, one backward, clip, AdamW step.
+
+    set_to_none: PyTorch's default zero_grad (autograd allocates fresh .grad tensors every
+    step); False zeroes the previous step's .grad tensors in place instead.
+    """
+    from gradlab.tasks import TASKS, task_loss
+    from gradlab.trainer import _clip
+
+    t0 = time.perf_counter()
+    s.optimizer.zero_grad(set_to_none=set_to_none)
+    total = sum(task_loss(TASKS[t], s.model(t, s.batches[t]), s.batches[t]["labels"],
+                          s.cfg.sts_loss) for t in s.tasks)
+    if not math.isfinite(total.item()):
+        raise FloatingPointError("non-finite summed loss")
+    total.backward()
+    t1 = time.perf_counter()
+    _clip(s.model, s.cfg.max_grad_norm)
+    s.optimizer.step()
+    s.scheduler.step()
+    t2 = time.perf_counter()
+    if timings is not None:
+        timings["forward_backward"] = t1 - t0
+        timings["optimizer"] = t2 - t1
+
+
+ENGINE_PHASES = ("forward_backward", "gramian", "method", "update", "optimizer", "monitor")
+
+
+@dataclass
+class EngineStep:
+    """One method's engine step, as the trainer's joint loop runs it (gradlab/trainer.py)."""
+
+    setup: Setup
+    method_name: str
+    engine: Any
+    method: Any
+    monitor: Any = None
+    writer: Any = None
+    step: int = 0
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, timings: dict[str, float] | None = None) -> None:
+        from gradlab.tasks import TASKS, task_loss
+        from gradlab.trainer import _clip, _method_input, _nonfinite_block
+
+        s, engine, tasks = self.setup, self.engine, self.setup.tasks
+        t0 = time.perf_counter()
+        s.optimizer.zero_grad(set_to_none=True)  # heads; the engine rebinds shared grads
+        losses = torch.full((len(tasks),), math.nan, dtype=torch.float64)
+        for row, task in enumerate(tasks):
+            batch = s.batches[task]
+            engine.bind_row(row)
+            loss = task_loss(TASKS[task], s.model(task, batch), batch["labels"], s.cfg.sts_loss)
+            losses[row] = loss.item()
+            if not math.isfinite(losses[row]):
+                raise FloatingPointError(f"non-finite loss for task {task!r}")
+            loss.backward()
+        t1 = time.perf_counter()
+        block_gramians = engine.block_gramians(len(tasks))  # [B, T, T]
+        fault = _nonfinite_block(block_gramians, engine.block_names, tasks)
+        if fault is not None:
+            raise FloatingPointError(fault)
+        t2 = time.perf_counter()
+        output = self.method(_method_input(block_gramians.sum(0), block_gramians, engine,
+                                           losses, self.step))
+        if not bool(torch.isfinite(output.weights).all()):
+            raise FloatingPointError(f"{self.method_name} returned non-finite task weights")
+        t3 = time.perf_counter()
+        engine.write_update(output.weights, len(tasks))
+        t4 = time.perf_counter()
+        clip = _clip(s.model, s.cfg.max_grad_norm)
+        lr = s.scheduler.get_last_lr()[0]
+        s.optimizer.step()
+        s.scheduler.step()
+        t5 = time.perf_counter()
+        if self.monitor is not None:
+            self.monitor.train_step(self.step, tasks, losses, output.weights, output,
+                                    block_gramians, lr=lr, grad_norm=clip, step_time=t5 - t0)
+        t6 = time.perf_counter()
+        self.step += 1
+        if timings is not None:
+            for name, (a, b) in zip(ENGINE_PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4),
+                                                    (t4, t5), (t5, t6)), strict=True):
+                timings[name] = b - a
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def method_kwargs(name: str, seed: int = 0) -> dict[str, Any]:
+    """The keyword arguments the trainer passes (a seed for the methods that draw orders)."""
+    import inspect
+
+    from gradlab.methods import METHODS
+
+    return {"seed": seed} if "seed" in inspect.signature(METHODS[name]).parameters else {}
+
+
+def make_engine(s: Setup):
+    from gradlab.engine import GradientEngine
+    from gradlab.model import block_name
+
+    shared = s.model.shared_parameters()
+    return GradientEngine([p for _, p in shared], [block_name(n) for n, _ in shared],
+                          num_tasks=len(s.tasks))
+
+
+def make_engine_step(s: Setup, method_name: str, engine, *, instrumented: bool,
+                     store_root: Path | None, run_name: str | None = None) -> EngineStep:
+    """An EngineStep for ``method_name``; with ``instrumented`` a Monitor writes to a real
+    RunWriter in ``store_root/run_name`` (as the trainer does)."""
+    from gradlab.config import to_dict
+    from gradlab.methods import get_method
+    from gradlab.monitor import Monitor
+    from gradlab.store import RunWriter
+
+    kwargs = method_kwargs(method_name, s.cfg.seed)
+    method = get_method(method_name, **kwargs)
+    writer = monitor = None
+    if instrumented:
+        assert store_root is not None
+        writer = RunWriter(store_root / (run_name or method_name), name=run_name or method_name,
+                           config=to_dict(s.cfg), tasks=s.tasks,
+                           blocks=[(b.name, b.numel) for b in engine.blocks],
+                           method=method_name, seed=s.cfg.seed, schedule="joint")
+        monitor = Monitor(writer, s.tasks, engine.block_names)
+    return EngineStep(s, method_name, engine, method, monitor, writer, 0, kwargs)
+
+
+def run_interleaved(steps: Mapping[str, Callable[[dict[str, float]], None]], *, rounds: int,
+                    warmup: int, on_step: Callable[[int, str, float], None] | None = None
+                    ) -> dict[str, list[dict[str, float]]]:
+    """Run every variant once per round (order: ``interleaved``); return the per-step timings
+    (total, phases, page faults) of the rounds after the ``warmup`` first ones."""
+    records: dict[str, list[dict[str, float]]] = {name: [] for name in steps}
+    for r, name in interleaved(list(steps), rounds):
+        timings: dict[str, float] = {}
+        faults = minor_faults()
+        t0 = time.perf_counter()
+        steps[name](timings)
+        timings["total"] = time.perf_counter() - t0
+        timings["page_faults"] = minor_faults() - faults
+        if on_step is not None:
+            on_step(r, name, timings["total"])
+        if r >= warmup:
+            records[name].append(timings)
+    return records
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def proc_status_kb(key: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM, ...)."""
+    text = Path("/proc/self/status").read_text(encoding="utf-8")
+    match = re.search(rf"^{key}:\s+(\d+)\s+kB", text, flags=re.MULTILINE)
+    if match is None:
+        raise OSError(f"/proc/self/status has no {key} field")
+    return int(match.group(1))
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
+    except OSError:
+        return False
+    return proc_status_kb("VmHWM") <= proc_status_kb("VmRSS") + 1024

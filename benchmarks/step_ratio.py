@@ -1,0 +1,260 @@
+"""Step time of every engine method relative to the classic summed-loss step, in one process.
+
+Setting (issues 2, 3 and 7): MiniLM-L6 (the packaged encoder) with the trainer's default
+heads, tasks sst, para, sts, batch 16 x 64 tokens per task. The batches are fixed random
+token ids, every sequence exactly 64 tokens (no padding); the pair tasks are bi-encoders, so
+each of their batches is two [16, 64] inputs (5 encoder passes of [16, 64] per step). Every
+variant steps the same model on the same batches; every round runs each variant once, in a
+seeded random order, and the warmup rounds are discarded.
+
+Variants:
+  summed          forward all tasks, sum the losses, one backward, clip, AdamW (plain .grad,
+                  optimizer.zero_grad() with PyTorch's default set_to_none=True)
+  summed_keepgrad the same with zero_grad(set_to_none=False) (reference: .grad kept and
+                  zeroed in place instead of reallocated each step)
+  engine_sum      the trainer's engine step with method "sum" (bind_row + backward per task,
+                  block Gramians, method, write_update, clip, AdamW) and the Monitor writing
+                  train Gramians, weights and projection events to a real run store
+  <method>        the same for every other method of gradlab.methods.METHODS that can be
+                  built here (methods whose optional solver packages are missing are listed
+                  as skipped)
+  pcgrad_noinstr  pcgrad without the Monitor: pcgrad / pcgrad_noinstr is the
+                  instrumentation overhead (issue 3 target <= 1.03)
+  probe           one probe (Trainer._probe: all task gradients on fixed probe batches in eval
+                  mode, counterfactual methods sum/mean/pcgrad, logged to the store)
+
+Run: python benchmarks/step_ratio.py [--quick] [--repeats 7] [--methods pcgrad,mgda]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import _common as bench
+
+from gradlab.methods import METHODS
+from gradlab.trainer import Trainer
+
+#: how each method computes its weights from the Gramian; "solver" ones solve an
+#: optimisation problem at every step and are exempt from the 1.10 target (issue 7).
+METHOD_KIND = {
+    "sum": "closed form",
+    "mean": "closed form",
+    "pcgrad": "closed form (T^2 projections)",
+    "pcgrad_layerwise": "closed form, per block",
+    "mgda": "solver: Frank-Wolfe iterations (min-norm QP)",
+    "cagrad": "solver: cvxpy + Clarabel (SOCP)",
+    "imtl_g": "closed form (pseudo-inverse)",
+    "aligned_mtl": "closed form (eigendecomposition)",
+    "upgrad": "solver: T quadprog QPs",
+    "dualproj": "solver: one quadprog QP",
+    "nash_mtl": "solver: cvxpy + ECOS (sequence of convex problems)",
+    "random": "loss weighting (random)",
+    "gradvac": "closed form, per block (EMA targets)",
+    "uncertainty": "loss weighting (learned)",
+    "dwa": "loss weighting (loss ratios)",
+    "gradnorm": "loss weighting (last block's Gramian)",
+}
+
+OTHER_KIND = {"summed": "baseline", "summed_keepgrad": "summed, zero_grad(set_to_none=False)",
+              "pcgrad_noinstr": "pcgrad without Monitor",
+              "probe": "probe (no optimizer step)"}
+
+
+def target_of(variant: str) -> float | None:
+    if variant == "pcgrad":
+        return 1.05  # issue 7 (issue 2: 1.10)
+    if variant in OTHER_KIND:
+        return None
+    name = "sum" if variant == "engine_sum" else variant
+    return None if METHOD_KIND.get(name, "").startswith("solver") else 1.10
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench.base_parser(__doc__.split("\n", 1)[0], malloc_option=True)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed steps per variant (default 7; --quick: 3)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed rounds after the trial round (default 1)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods (default: every method in METHODS)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--no-probe", action="store_true", help="skip the probe variant")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    header = bench.start(args, "step_ratio")
+
+    cfg = bench.make_config(args.quick, batch_size=args.batch_size,
+                            probe_batch_size=args.batch_size, max_length=args.seq_len)
+    s = bench.build_setup(cfg, seq_len=args.seq_len)
+    engine = bench.make_engine(s)
+    encoder = f"tiny random BERT {bench.QUICK_ENCODER}" if args.quick else "MiniLM-L6"
+    print(f"encoder: {encoder}; P = {engine.num_params:,} shared values in "
+          f"{len(engine.blocks)} blocks; "
+          f"J buffer {engine.jacobian.numel() * 4 / 2**20:.0f} MiB")
+    print(f"batches: {bench.batch_shape_note(s.model, s.tasks, args.batch_size, args.seq_len)}")
+
+    names = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; valid: {sorted(METHODS)}")
+
+    tmp = tempfile.TemporaryDirectory(prefix="gradlab-bench-")
+    store_root = Path(tmp.name)
+    steps = {"summed": lambda t: bench.summed_step(s, t),
+             "summed_keepgrad": lambda t: bench.summed_step(s, t, set_to_none=False)}
+    skipped, engine_steps = {}, {}
+    for name in names:
+        variant = "engine_sum" if name == "sum" else name
+        try:
+            engine_steps[variant] = bench.make_engine_step(s, name, engine, instrumented=True,
+                                                           store_root=store_root)
+        except ImportError as err:
+            skipped[variant] = str(err).split(";")[0]
+    if "pcgrad" in engine_steps:
+        engine_steps["pcgrad_noinstr"] = bench.make_engine_step(s, "pcgrad", engine,
+                                                                instrumented=False,
+                                                                store_root=None)
+    steps.update(engine_steps)
+    probe = None if args.no_probe else make_probe(s, engine, store_root, args.seq_len)
+    if probe is not None:
+        steps["probe"] = probe
+
+    # Trial round: every variant once (untimed); a variant that fails here is reported.
+    for variant in list(steps):
+        try:
+            steps[variant]({})
+        except Exception as err:  # report it and go on with the other variants
+            skipped[variant] = f"failed: {type(err).__name__}: {err}"
+            del steps[variant]
+    print(f"variants: {', '.join(steps)}")
+    for variant, reason in skipped.items():
+        print(f"skipped {variant}: {reason}")
+    print(f"{repeats} timed + {args.warmup} warmup rounds of {len(steps)} variants ...",
+          flush=True)
+
+    def progress(r: int, variant: str, seconds: float) -> None:
+        warm = " (warmup)" if r < args.warmup else ""
+        print(f"  round {r}{warm}: {variant} {seconds:.3f} s", file=sys.stderr, flush=True)
+
+    records = bench.run_interleaved(steps, rounds=args.warmup + repeats, warmup=args.warmup,
+                                    on_step=None if args.quick else progress)
+    for step in engine_steps.values():
+        step.close()
+    if probe is not None:
+        probe.close()
+    tmp.cleanup()
+
+    results = report(records, skipped, args, engine)
+    bench.finish(header, results, save=not args.no_save)
+    return 0
+
+
+def make_probe(s: bench.Setup, engine, store_root: Path, seq_len: int):
+    """A callable doing what the trainer does on a probe step (Trainer._probe itself)."""
+    from gradlab.config import replace
+    from gradlab.methods import get_method
+    from gradlab.monitor import Monitor
+    from gradlab.store import RunWriter
+
+    # The Trainer only lends its _probe; its own run folder is never created.
+    cfg = replace(s.cfg, runs_dir=str(store_root), name="probe_trainer")
+    trainer = Trainer(cfg)
+    probe_batches = bench.random_batches(
+        s.model, s.tasks, batch_size=cfg.probe_batch_size, seq_len=seq_len,
+        special=s.special, vocab_size=s.model.encoder.config.vocab_size, seed=1)
+    counterfactuals = {m: get_method(m, **({"seed": cfg.seed} if m == "pcgrad" else {}))
+                       for m in cfg.counterfactual_methods}
+    writer = RunWriter(store_root / "probe", name="probe", config={}, tasks=s.tasks,
+                       blocks=[(b.name, b.numel) for b in engine.blocks], method="pcgrad",
+                       seed=cfg.seed, schedule="joint")
+    monitor = Monitor(writer, s.tasks, engine.block_names)
+    head_params = [p for _, p in s.model.head_parameters()]
+    state = {"step": 0}
+
+    def probe(timings: dict[str, float]) -> None:
+        trainer._probe(state["step"], s.model, engine, s.tasks, probe_batches, counterfactuals,
+                       monitor, s.scheduler.get_last_lr()[0], head_params)
+        state["step"] += 1
+
+    probe.close = writer.close  # type: ignore[attr-defined]
+    probe.counterfactuals = list(counterfactuals)  # type: ignore[attr-defined]
+    return probe
+
+
+def demo_probe_every() -> int:
+    """probe_every of configs/demo.yaml (the demo's amortised probe cost is reported too)."""
+    from gradlab.config import load_config
+
+    try:
+        return load_config(bench.REPO / "configs" / "demo.yaml").probe_every or 10
+    except Exception:  # a broken demo config must not spoil the benchmark's report
+        return 10
+
+
+def report(records, skipped, args, engine) -> dict:
+    stats = {v: bench.summarize([r["total"] for r in recs]) for v, recs in records.items()}
+    base = stats["summed"]["median"]
+    summed_times = [r["total"] for r in records["summed"]]
+    rows, results = [], {"variants": {}, "skipped": skipped}
+    for variant, st in stats.items():
+        recs = records[variant]
+        paired = sorted(r["total"] / b for r, b in zip(recs, summed_times, strict=False))
+        phases = {k: bench.summarize([r[k] for r in recs]) for k in recs[0] if k != "total"} \
+            if recs else {}
+        name = "sum" if variant == "engine_sum" else variant
+        target = target_of(variant)
+        ratio = st["median"] / base
+        row = {
+            "variant": variant,
+            "kind": OTHER_KIND.get(variant) or METHOD_KIND.get(name, ""),
+            "median_s": st["median"], "iqr_s": st["iqr"], "ratio": ratio,
+            "paired_ratio": bench.statistics.median(paired) if paired else None,
+            "faults_k": phases["page_faults"]["median"] / 1e3 if recs else None,
+            "method_ms": 1e3 * phases["method"]["median"] if "method" in phases else None,
+            "monitor_ms": 1e3 * phases["monitor"]["mean"] if "monitor" in phases else None,
+            "target": f"<= {target:.2f}" if target else "-",
+            "ok": ("yes" if ratio <= target else "NO") if target else "-",
+        }
+        rows.append(row)
+        results["variants"][variant] = {**row, "stats": st, "phases": phases,
+                                        "times": [r["total"] for r in recs]}
+    print()
+    print(f"step time per variant ({len(summed_times)} timed steps each; ratio = median / "
+          f"median of summed; paired = median of per-round ratios; faults_k = minor page "
+          f"faults per step / 1000, median; monitor_ms = mean)")
+    bench.print_table(rows, ["variant", "kind", "median_s", "iqr_s", "ratio", "paired_ratio",
+                             "faults_k", "method_ms", "monitor_ms", "target", "ok"])
+
+    if "pcgrad" in stats and "pcgrad_noinstr" in stats:
+        overhead = stats["pcgrad"]["median"] / stats["pcgrad_noinstr"]["median"]
+        monitor_share = (results["variants"]["pcgrad"]["phases"]["monitor"]["mean"]
+                         / stats["pcgrad_noinstr"]["median"])
+        results["instrumentation"] = {"ratio": overhead, "monitor_share": monitor_share}
+        print(f"\ninstrumentation overhead (issue 3, target <= 1.03): pcgrad / pcgrad_noinstr "
+              f"= {overhead:.3f}; Monitor phase alone (mean, incl. store commits) = "
+              f"{100 * monitor_share:.2f}% of a pcgrad_noinstr step")
+    if "pcgrad" in records and records["pcgrad"]:
+        ph = results["variants"]["pcgrad"]["phases"]
+        total = stats["pcgrad"]["median"]
+        print("pcgrad step phases (median ms, share of median step): " + ", ".join(
+            f"{k} {1e3 * v['median']:.1f} ({100 * v['median'] / total:.1f}%)"
+            for k, v in ph.items() if k in bench.ENGINE_PHASES))
+    if "probe" in stats:
+        probe_ratio = stats["probe"]["median"] / base
+        amortised = {n: probe_ratio / n for n in sorted({10, 25, 50, demo_probe_every()})}
+        results["probe"] = {"ratio_to_summed": probe_ratio, "amortised": amortised}
+        print(f"\nprobe (all {engine.num_tasks} task gradients on "
+              f"probe batches, eval mode, counterfactuals sum/mean/pcgrad): "
+              f"{stats['probe']['median']:.3f} s = {probe_ratio:.2f} summed steps")
+        print("amortised probe overhead per training step (demo config: probe_every="
+              f"{demo_probe_every()}): " + ", ".join(
+            f"probe_every={n}: +{100 * a:.1f}%" for n, a in amortised.items()))
+    return results
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
