@@ -343,7 +343,7 @@ def test_missing_solver_raises_import_error_naming_packages(monkeypatch):
         return real_import(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", without_quadprog)
-    with pytest.raises(ImportError, match=r"'upgrad'.*quadprog.*torchjd\[quadprog_projector\]"):
+    with pytest.raises(ImportError, match=r"'upgrad'.*quadprog.*torchjd\[quadprog-projector\]"):
         get_method("upgrad")
 
 

@@ -211,6 +211,28 @@ def _generator_from_state(method: str, state: Any) -> torch.Generator:
     return generator
 
 
+class SeededGenerator:
+    """Mixin for a method whose only state is its own ``torch.Generator`` seeded with ``seed``.
+
+    The generator's state is the method's checkpointed state, so a resumed run draws the
+    same random choices (e.g. PCGrad's task orders) as the uninterrupted one.
+    """
+
+    name: str
+    seed: int
+    generator: torch.Generator
+
+    def reset(self) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_state_keys(self.name, state, required={"generator"})
+        self.generator = _generator_from_state(self.name, state["generator"])
+
+
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 

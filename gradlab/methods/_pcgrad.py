@@ -13,10 +13,9 @@ from ._base import (
     MethodInput,
     MethodOutput,
     ProjectionEvent,
+    SeededGenerator,
     _check_choice,
     _check_number,
-    _check_state_keys,
-    _generator_from_state,
     _gramian64,
     _on_device_of,
 )
@@ -24,7 +23,7 @@ from ._base import (
 _REDUCTIONS = ("sum", "mean")
 
 
-class PCGrad(Method):
+class PCGrad(SeededGenerator, Method):
     """PCGrad: project each task gradient off the others' where they conflict, then combine.
 
     `Gradient Surgery for Multi-Task Learning <https://arxiv.org/abs/2001.06782>`_ (Yu et al.,
@@ -78,16 +77,6 @@ class PCGrad(Method):
             projections=events,
             extras={"projections": float(len(events))},
         )
-
-    def reset(self) -> None:
-        self.generator.manual_seed(self.seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_state_keys(self.name, state, required={"generator"})
-        self.generator = _generator_from_state(self.name, state["generator"])
 
     def _repr_args(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "seed": self.seed}

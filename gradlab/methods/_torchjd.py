@@ -30,10 +30,10 @@ from ._base import (
     Method,
     MethodInput,
     MethodOutput,
+    SeededGenerator,
     _check_choice,
     _check_number,
     _check_state_keys,
-    _generator_from_state,
     _gramian64,
     _on_device_of,
 )
@@ -223,7 +223,7 @@ class UPGrad(_TorchJDWeighting):
 
     name = "upgrad"
     requires = ("qpsolvers", "quadprog")
-    extra = "quadprog_projector"
+    extra = "quadprog-projector"
 
     def _make_weighting(self) -> aggregation.Weighting:
         return aggregation.UPGradWeighting()
@@ -248,7 +248,7 @@ class DualProj(_TorchJDWeighting):
 
     name = "dualproj"
     requires = ("qpsolvers", "quadprog")
-    extra = "quadprog_projector"
+    extra = "quadprog-projector"
 
     def _make_weighting(self) -> aggregation.Weighting:
         return aggregation.DualProjWeighting()
@@ -290,7 +290,7 @@ class NashMTL(Method):
 
     name = "nash_mtl"
     requires = ("cvxpy", "ecos")
-    extra = "nash_mtl"
+    extra = "nash-mtl"
 
     def __init__(
         self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20
@@ -395,7 +395,7 @@ def _gramian_factor(gramian: torch.Tensor) -> torch.Tensor:
     return eigenvectors * eigenvalues.clamp_min(0.0).sqrt()
 
 
-class Random(Method):
+class Random(SeededGenerator, Method):
     """Random loss weighting: fresh weights softmax(z), z ~ N(0, I), at every step.
 
     `Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task Learning
@@ -432,16 +432,6 @@ class Random(Method):
             weights = self._weighting(gramian)
             self.generator.set_state(torch.get_rng_state())
         return MethodOutput(weights=_on_device_of(weights, inp.gramian))
-
-    def reset(self) -> None:
-        self.generator.manual_seed(self.seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_state_keys(self.name, state, required={"generator"})
-        self.generator = _generator_from_state(self.name, state["generator"])
 
     def _repr_args(self) -> dict[str, Any]:
         return {"seed": self.seed}
