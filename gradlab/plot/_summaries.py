@@ -148,7 +148,11 @@ def cosine_distribution(
             ax.legend()
     ax.set_xlabel("Cosine similarity")
     _legend(ax, legend)
-    _title(ax, _where(block, source), df)
+    where = _where(block, source)
+    drawn = df["pair"].unique()
+    if len(drawn) == 1:  # name the pair: the legend shows methods only
+        where = f"{_theme.pair_label(drawn[0])} · {where}"
+    _title(ax, where, df)
     return ax
 
 
