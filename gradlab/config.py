@@ -66,7 +66,11 @@ class TrainConfig:
     method: str = "sum"  # gradient method: sum | mean | pcgrad | ... (gradlab.methods)
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"reduction": "mean"}
     schedule: str = "joint"  # joint | round_robin | sequential
-    steps: int = 300  # optimizer steps
+    steps: int = 300  # optimizer steps (step_budget=optimizer) or batches per task
+    # "optimizer": `steps` optimizer steps whatever the schedule; "per_task": `steps`
+    # batches of each task, so a round-robin or sequential run takes steps x tasks
+    # optimizer steps and sees the same examples as a joint run (fair comparisons)
+    step_budget: str = "optimizer"
     lr: float = 5e-5  # AdamW learning rate (heads, and the encoder unless encoder_lr is set)
     weight_decay: float = 0.01
     # per-task optimizers: each head its own AdamW parameter group at lr/weight_decay, the
@@ -90,6 +94,18 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward passes)
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps the run takes: ``steps``, times the number of tasks when
+        ``step_budget`` is "per_task" and the schedule steps one task at a time.
+
+        >>> TrainConfig(steps=80, schedule="round_robin", step_budget="per_task").optimizer_steps
+        240
+        """
+        if self.step_budget == "per_task" and self.schedule != "joint":
+            return self.steps * len(self.tasks)
+        return self.steps
 
 
 def config_keys() -> list[str]:
@@ -209,6 +225,7 @@ def validate(cfg: TrainConfig) -> list[str]:
             p.append(f"tasks={cfg.tasks!r} lists a task twice")
     choice("method", sorted(METHODS))
     choice("schedule", sorted(SCHEDULES))
+    choice("step_budget", ["optimizer", "per_task"])
     choice("pooling", ["mean", "cls"])
     choice("sst_head", ["linear", "mlp"])
     choice("pair_head", ["bi", "cross", "cosine"])

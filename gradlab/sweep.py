@@ -1,7 +1,9 @@
 """Sweeps: one run per grid point and seed, resumable, ending in a results table.
 
 ``run_sweep(config, ["method=sum,pcgrad", "lr=5e-5,1e-4"], [0, 1, 2], "runs/sweep", [])``
-trains the cartesian product of the grid values times the seeds, each run in
+trains the cartesian product of the grid values times the seeds (keys joined by ":" vary
+together: "method:schedule=sum:joint,pcgrad:joint,sum:round_robin" is three points, not
+nine), each run in
 ``<runs_dir>/<name>`` with a name made from its point ("method-pcgrad_lr-5e-05_seed-0").
 Calling it again continues where it stopped: a finished run is skipped, an unfinished one
 resumes from its last checkpoint, or, without one, starts over after its folder is moved to
@@ -38,7 +40,8 @@ import pandas as pd
 
 from gradlab.config import ConfigError, config_keys, load_config, parse_value
 
-__all__ = ["SweepError", "SweepRun", "parse_grid", "plan_sweep", "run_name", "run_sweep"]
+__all__ = ["SweepError", "SweepRun", "grid_config_keys", "parse_grid", "plan_sweep", "run_name",
+           "run_sweep"]
 
 RESERVED_KEYS = ("seed", "name", "runs_dir")  # set by the sweep itself
 FAILED_DIR = "_failed"
@@ -76,7 +79,7 @@ def run_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds:
     """
     runs_dir = Path(runs_dir)
     runs = plan_sweep(config, grid, seeds, runs_dir, overrides)
-    grid_keys = list(parse_grid(grid))
+    grid_keys = grid_config_keys(parse_grid(grid))
     rows: list[dict[str, Any]] = []
     failures = []
     for i, run in enumerate(runs, start=1):
@@ -110,7 +113,7 @@ def plan_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds
         if key in shared:
             problems.append(f"override {key!r} is set by the sweep itself (use --seeds / "
                             "--runs-dir; names come from the grid point)")
-    for key in axes:
+    for key in grid_config_keys(axes):
         if key in shared:
             problems.append(f"{key!r} is both a grid key and an override")
     seeds = list(seeds)
@@ -122,7 +125,9 @@ def plan_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds
         raise ConfigError(problems, "sweep")
     runs, names = [], {}
     for values in itertools.product(*axes.values()):
-        point = dict(zip(axes, values, strict=True))
+        point: dict[str, Any] = {}
+        for key, value in zip(axes, values, strict=True):
+            point.update(value if ":" in key else {key: value})  # linked keys: a mapping
         for seed in seeds:
             name = run_name(point, seed)
             if name in names:
@@ -148,36 +153,60 @@ def parse_grid(grid: Sequence[str]) -> dict[str, list[Any]]:
     """Grid items "key=v1,v2" -> {key: [v1, v2]}, values parsed like config overrides.
 
     Commas inside brackets or braces do not split: "tasks=[sst,sts],[sst,para]" has two
-    values. Unknown, reserved and repeated keys and empty values are errors, all at once.
+    values. Linked keys vary together: "method:schedule=sum:joint,sum:round_robin" ->
+    {"method:schedule": [{"method": "sum", "schedule": "joint"}, {"method": "sum",
+    "schedule": "round_robin"}]}. Unknown, reserved and repeated keys, empty values and
+    linked values with the wrong number of parts are errors, all at once.
     """
     if isinstance(grid, str):
         raise TypeError(f"grid must be a list of 'key=v1,v2' items, found the string {grid!r}")
     axes: dict[str, list[Any]] = {}
     problems = []
     valid = config_keys()
+    seen: set[str] = set()
     for item in grid:
         key, sep, raw = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key:
-            problems.append(f"grid item {item!r} is not of the form key=v1,v2")
+        keys = [k.strip() for k in key.split(":")]
+        key = ":".join(keys)
+        if not sep or not all(keys):
+            problems.append(f"grid item {item!r} is not of the form key=v1,v2 "
+                            "(or key1:key2=a1:a2,b1:b2)")
             continue
-        if key in RESERVED_KEYS:
-            problems.append(f"grid key {key!r} is set by the sweep itself (use --seeds)")
-        elif key not in valid:
-            problems.append(f"grid key {key!r} is not a config key")
-        if key in axes:
-            problems.append(f"grid key {key!r} is given twice")
+        for k in keys:
+            if k in RESERVED_KEYS:
+                problems.append(f"grid key {k!r} is set by the sweep itself (use --seeds)")
+            elif k not in valid:
+                problems.append(f"grid key {k!r} is not a config key")
+            if k in seen:
+                problems.append(f"grid key {k!r} is given twice")
+            seen.add(k)
         tokens = _split_top_level(raw)
         if not tokens or any(not t.strip() for t in tokens):
             problems.append(f"grid item {item!r} has an empty value")
             continue
-        values = [parse_value(t.strip()) for t in tokens]
+        values: list[Any] = []
+        for token in tokens:
+            if len(keys) == 1:
+                values.append(parse_value(token.strip()))
+                continue
+            parts = _split_top_level(token, ":")
+            if len(parts) != len(keys) or any(not part.strip() for part in parts):
+                problems.append(f"grid item {item!r}: value {token.strip()!r} needs "
+                                f"{len(keys)} parts separated by ':', one per key {keys}")
+                continue
+            values.append({k: parse_value(part.strip()) for k, part in zip(keys, parts,
+                                                                          strict=True)})
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
             problems.append(f"grid item {item!r} lists a value twice")
         axes[key] = values
     if problems:
         raise ConfigError(problems, "sweep grid")
     return axes
+
+
+def grid_config_keys(axes: Mapping[str, Any]) -> list[str]:
+    """The config keys a parsed grid sets, linked keys ("a:b") split, in grid order."""
+    return [k for key in axes for k in key.split(":")]
 
 
 def run_name(point: Mapping[str, Any], seed: int) -> str:
@@ -375,15 +404,15 @@ def _parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dic
     return out
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside [...] and {...}."""
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside [...] and {...}."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         if char in "[{":
             depth += 1
         elif char in "]}":
             depth = max(depth - 1, 0)
-        elif char == "," and depth == 0:
+        elif char == sep and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])

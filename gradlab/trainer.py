@@ -283,7 +283,8 @@ class Trainer:
         method = get_method(cfg.method, **_method_kwargs(cfg))
         counterfactuals = {m: get_method(m, **({"seed": cfg.seed} if m == "pcgrad" else {}))
                            for m in cfg.counterfactual_methods}
-        schedule = get_schedule(cfg.schedule, len(tasks), cfg.steps)
+        total = cfg.optimizer_steps  # steps x tasks for a per-task budget
+        schedule = get_schedule(cfg.schedule, len(tasks), total)
 
         # ---- data ------------------------------------------------------------------------
         model, tokenizer = build_model(cfg)
@@ -318,7 +319,7 @@ class Trainer:
                                 num_tasks=len(tasks))
         optimizer = _optimizer(model, cfg)
         scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+            optimizer, int(cfg.warmup_ratio * total), total)
         head_params = [p for _, p in model.head_parameters()]
 
         # ---- restore, run store ------------------------------------------------------------
@@ -330,7 +331,7 @@ class Trainer:
             path, (model_state, tensors, state) = found
             start_step = ckpt.restore_training_state(
                 path, model_state, tensors, state, model=model, optimizer=optimizer,
-                scheduler=scheduler, methods=stateful, batchers=batchers, max_step=cfg.steps)
+                scheduler=scheduler, methods=stateful, batchers=batchers, max_step=total)
             best_score = -math.inf if state.get("best_score") is None else state["best_score"]
             skipped, metrics = state.get("skipped_steps", 0), state.get("metrics") or {}
             saved_at_start, wall_before = state.get("saves", ["last"]), state.get("wall_time", 0)
@@ -386,7 +387,7 @@ class Trainer:
         # iteration. A resumed run restarts at the top of its checkpoint's step and redoes it,
         # except the checkpoints, which exist already.
         model.train()
-        bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress,
+        bar = tqdm(total=total, initial=start_step, disable=not cfg.progress,
                    desc=f"{cfg.name} [{cfg.method}/{cfg.schedule}]")
         try:
             if self.resume:
@@ -395,8 +396,8 @@ class Trainer:
                 writer.truncate_after(start_step - 1)
                 for kind in saved_at_start:
                     writer.log_checkpoint(start_step, kind, str(self.checkpoint_dir / kind))
-            for step in range(start_step, cfg.steps + 1):
-                final = step == cfg.steps
+            for step in range(start_step, total + 1):
+                final = step == total
                 saving = cfg.save_checkpoints and step > start_step
                 saved_now: list[str] = []
                 # RNG states as they are before the evaluation: a resumed run redoes it
@@ -493,7 +494,7 @@ class Trainer:
         finally:
             bar.close()
         wall = wall_before + time.perf_counter() - t_start
-        writer.log_scalars(cfg.steps, {"wall_time": wall})
+        writer.log_scalars(total, {"wall_time": wall})
         writer.close(status="finished")
         if self.dist.is_main:
             write_atomic(self.run_dir / "metrics.json",

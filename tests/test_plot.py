@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from helpers_runs import load_synthetic_vectors, make_synthetic_run  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from gradlab import plot  # noqa: E402
 from gradlab.run import load_run, load_runs  # noqa: E402
@@ -359,6 +360,40 @@ def test_method_comparison_error_bars_are_the_table_intervals(runs):
     assert half == pytest.approx(12.706205 * sst_sum.std(ddof=1) / np.sqrt(2), rel=1e-5)
 
 
+def test_comparison_table_pairs_methods_with_the_baseline_by_seed(runs):
+    table = plot.comparison_table(runs)
+    per_run = plot.final_metrics(runs)
+    for task in ("sst", "overall"):
+        values = per_run[per_run.task == task].set_index(["variant", "seed"])["value"]
+        d = np.array([values["pcgrad", s] - values["sum", s] for s in (0, 1)])
+        row = table[(table.method == "pcgrad") & (table.task == task)].iloc[0]
+        assert row["baseline"] == "sum" and row["n_pairs"] == 2
+        assert row["diff"] == pytest.approx(d.mean())
+        half = 12.706205 * d.std(ddof=1) / np.sqrt(2)  # t(0.975, 1 dof)
+        assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx((d.mean() - half,
+                                                                    d.mean() + half), rel=1e-5)
+        t = d.mean() / (d.std(ddof=1) / np.sqrt(2))
+        assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 1), rel=1e-6)
+        assert row["within_seed_noise"] == (row.diff_ci_low <= 0 <= row.diff_ci_high)
+        rr = table[(table.method == "round_robin") & (table.task == task)].iloc[0]
+        assert rr["n_pairs"] == 1 and rr["within_seed_noise"]  # one pair: no interval
+        assert rr["diff"] == pytest.approx(values["round_robin", 0] - values["sum", 0])
+    base = table[table.method == "sum"]
+    assert (base["diff"] == 0).all() and base["within_seed_noise"].isna().all()
+    assert "diff" not in plot.comparison_table(runs, baseline=None).columns
+    other = plot.comparison_table(runs, baseline="pcgrad")
+    assert set(other["baseline"]) == {"pcgrad"}
+
+
+def test_comparison_table_warns_when_runs_cannot_be_paired(run_dirs, tmp_path):
+    twin = make_synthetic_run(tmp_path / "pcgrad-s0-again", method="pcgrad", seed=0, steps=60)
+    runs = load_runs([run_dirs["pcgrad-s0"], run_dirs["sum-s0"], twin])
+    with pytest.warns(UserWarning, match="pcgrad-s0-again"):
+        table = plot.comparison_table(runs)
+    assert table["diff"].isna().all() and table["within_seed_noise"].isna().all()
+    assert table.loc[table.method == "pcgrad", "n"].iloc[0] == 2  # the summary is still there
+
+
 def test_comparison_table_and_exports(runs, tmp_path):
     table = plot.comparison_table(runs)
     assert list(table["method"].unique()) == ["sum", "round_robin", "pcgrad"]
@@ -370,7 +405,9 @@ def test_comparison_table_and_exports(runs, tmp_path):
                    r"$\pm$", r"\label{tab:cmp}", "95\\%"]:  # fmt: skip
         assert needed in latex
     path = plot.table_to_csv(table, tmp_path / "t.csv")
-    pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
+    expected = table.assign(within_seed_noise=table["within_seed_noise"].astype(object)
+                            .where(table["within_seed_noise"].notna(), np.nan))
+    pd.testing.assert_frame_equal(pd.read_csv(path), expected, check_dtype=False)
     with pytest.raises(ValueError, match="missing columns"):
         plot.table_to_latex(pd.DataFrame({"a": [1]}))
 

@@ -109,6 +109,37 @@ def test_parse_grid_values_like_config_overrides():
         parse_grid("lr=1,2")
 
 
+def test_linked_grid_keys_vary_together():
+    axes = parse_grid(["method:schedule=sum:joint,pcgrad:joint,sum:round_robin",
+                       "lr:tasks=1e-4:[sst,sts],5e-5:[sst,para]"])
+    assert axes["method:schedule"] == [{"method": "sum", "schedule": "joint"},
+                                       {"method": "pcgrad", "schedule": "joint"},
+                                       {"method": "sum", "schedule": "round_robin"}]
+    assert axes["lr:tasks"] == [{"lr": 1e-4, "tasks": ["sst", "sts"]},
+                                {"lr": 5e-5, "tasks": ["sst", "para"]}]
+    with pytest.raises(ConfigError) as err:
+        parse_grid(["method:schedule=sum:joint,pcgrad", "method=sum", "seed:lr=1:2",
+                    "method:nope=a:b", ":lr=1"])
+    text = str(err.value)
+    for expected in ("value 'pcgrad' needs 2 parts separated by ':'",
+                     "grid key 'method' is given twice", "'seed' is set by the sweep",
+                     "'nope' is not a config key", "':lr=1' is not of the form"):
+        assert expected in text
+
+
+def test_plan_of_linked_keys_compares_schedules_on_one_budget(tmp_path):
+    runs = plan_sweep(None, ["method:schedule=sum:joint,pcgrad:joint,sum:round_robin"], [0, 1],
+                      tmp_path, ["step_budget=per_task", "steps=4"])
+    assert [r.name for r in runs] == [
+        "method-sum_schedule-joint_seed-0", "method-sum_schedule-joint_seed-1",
+        "method-pcgrad_schedule-joint_seed-0", "method-pcgrad_schedule-joint_seed-1",
+        "method-sum_schedule-round_robin_seed-0", "method-sum_schedule-round_robin_seed-1"]
+    assert [r.variant for r in runs[::2]] == ["sum", "pcgrad", "round_robin"]
+    assert runs[4].values["schedule"] == "round_robin" and runs[4].values["method"] == "sum"
+    with pytest.raises(ConfigError, match="'method' is both a grid key and an override"):
+        plan_sweep(None, ["method:schedule=sum:joint"], [0], tmp_path, ["method=pcgrad"])
+
+
 def test_run_names_are_deterministic_and_safe():
     assert run_name({"method": "pcgrad", "lr": 5e-5}, 0) == "method-pcgrad_lr-5e-05_seed-0"
     assert run_name({"tasks": ["sst", "sts"]}, 3) == "tasks-sst+sts_seed-3"
@@ -159,3 +190,19 @@ def test_cli_sweep_end_to_end(sweep_args, tmp_path, capsys):
     assert (saved["lr"], saved["seed"], saved["method"]) == (1e-4, 1, "sum")
     comparison = pd.read_csv(runs_dir / "comparison.csv")
     assert set(comparison["n"]) == {2} and set(comparison["n_pairs"]) == {2}
+
+
+def test_sweep_compares_round_robin_with_joint_methods_on_one_budget(sweep_args):
+    table = run_sweep(None, ["method:schedule=sum:joint,sum:round_robin"], [0, 1],
+                      sweep_args["runs_dir"], {**sweep_args["overrides"],
+                                               "step_budget": "per_task"})
+    assert list(table["variant"]) == ["sum", "sum", "round_robin", "round_robin"]
+    assert (table["status"] == "finished").all()
+    from gradlab.run import load_run
+
+    rr = load_run(sweep_args["runs_dir"] / "method-sum_schedule-round_robin_seed-1")
+    assert rr.losses()["step"].max() == 3 * sweep_args["overrides"]["steps"] - 1
+    comparison = pd.read_csv(sweep_args["runs_dir"] / "comparison.csv")
+    assert set(comparison["method"]) == {"sum", "round_robin"}
+    assert set(comparison["baseline"]) == {"sum"}
+    assert set(comparison.loc[comparison.method == "round_robin", "n_pairs"]) == {2}

@@ -113,3 +113,20 @@ def test_store_is_sqlite_wal(tmp_path, tiny_overrides):
                                     "save_checkpoints": False})
     con = sqlite3.connect(handle.path / "run.sqlite")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("schedule", ["joint", "round_robin", "sequential"])
+def test_per_task_step_budget_gives_every_schedule_the_same_batches(tmp_path, tiny_overrides,
+                                                                     schedule):
+    """step_budget=per_task: `steps` batches of each task, whatever the schedule."""
+    steps = tiny_overrides["steps"]
+    handle = gradlab.train(None, **{**tiny_overrides, "name": schedule, "schedule": schedule,
+                                    "step_budget": "per_task"})
+    losses = handle.load().losses()
+    per_task = losses.groupby("task")["step"].nunique().to_dict()
+    assert per_task == {"sst": steps, "para": steps, "sts": steps}
+    total = steps * (1 if schedule == "joint" else 3)
+    assert handle.config.optimizer_steps == total
+    assert sorted(losses["step"].unique()) == list(range(total))
+    with pytest.raises(ConfigError, match="step_budget='examples' is not one of"):
+        gradlab.train(None, **{**tiny_overrides, "step_budget": "examples"})

@@ -1,8 +1,9 @@
 """``gradlab demo``: sum, round-robin and PCGrad side by side on the embedded default.
 
-Same seed, data, batch size and per-task examples for all three (round-robin takes T times
-as many optimizer steps, one task each, so every task sees the same batches as in the joint
-runs). Prints a table of dev metrics and wall time, and writes figures to figures/demo/.
+Same seed, data, batch size and per-task examples for all three: the demo counts ``steps``
+per task (``step_budget=per_task``), so round-robin takes T times as many optimizer steps,
+one task each, and every task sees the same batches as in the joint runs.
+Prints a table of dev metrics and wall time, and writes figures to figures/demo/.
 """
 
 from __future__ import annotations
@@ -39,15 +40,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     handles = []
     for name, method, schedule in DEMO_RUNS:
-        steps = base.steps * (len(base.tasks) if schedule == "round_robin" else 1)
         handles.append(train(base, name=name, runs_dir=str(args.runs_dir), method=method,
-                             schedule=schedule, steps=steps))
+                             schedule=schedule, step_budget="per_task"))
     rows = []
     for handle in handles:
         m = handle.metrics
         rows.append({
             "method": handle.name,
-            "steps": handle.config.steps,
+            "steps": handle.config.optimizer_steps,
             "SST acc": m.get("sst", {}).get("accuracy"),
             "PARA acc": m.get("para", {}).get("accuracy"),
             "STS r": m.get("sts", {}).get("pearson"),

@@ -7,6 +7,7 @@ task, pair and method keeps its colour in every panel, one legend per kind is en
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -168,12 +169,21 @@ def comparison_table(
     *,
     split: str = "dev",
     at: str = "final",
+    baseline: str | None = "sum",
 ) -> pd.DataFrame:
     """Final (or best) metric per method and task over seeds, one row per (method, task).
 
     Columns: method (the run variant, e.g. "pcgrad" or "round_robin"), task, metric, n
     (seeds), mean, std, ci_low, ci_high (95% Student t; NaN for one seed). Tasks include
     "overall" (score by default).
+
+    With two or more methods, each is also tested against ``baseline`` (the first method
+    when absent; None: no tests), paired by seed (`gradlab.significance.compare_methods`):
+    baseline, diff (mean of method - baseline over the shared seeds), diff_ci_low,
+    diff_ci_high (95% t interval of that difference), p_value (paired t-test), n_pairs and
+    within_seed_noise (True when the interval contains 0 or fewer than 2 seeds pair up; NA
+    on the baseline's rows). Runs of one method that share a seed cannot be paired: the
+    test columns are then left empty, with a warning naming the runs.
     """
     per_run = _summaries.final_metrics(runs, metric=metric, split=split, at=at)
     rows = []
@@ -198,7 +208,43 @@ def comparison_table(
     table = table.sort_values(
         ["method", "task"], key=lambda c: c.map(method_rank if c.name == "method" else task_rank)
     )
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    if baseline is None or table["method"].nunique() < 2:
+        return table
+    return _with_paired_tests(table, per_run, baseline)
+
+
+PAIRED_COLUMNS = ["baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "n_pairs",
+                  "within_seed_noise"]
+
+
+def _with_paired_tests(table: pd.DataFrame, per_run: pd.DataFrame, baseline: str
+                       ) -> pd.DataFrame:
+    """``table`` plus the PAIRED_COLUMNS of each method against ``baseline``."""
+    from gradlab.significance import compare_methods
+
+    methods = list(table["method"].unique())
+    base = baseline if baseline in methods else methods[0]
+    long = per_run.rename(columns={"method": "base_method", "variant": "method"})
+    clash = long[long.duplicated(["method", "seed", "task", "metric"], keep=False)]
+    if len(clash):
+        names = sorted(clash["run"].unique())
+        warnings.warn(
+            f"runs {names} share a method and a seed, so the comparison cannot pair them by "
+            "seed; the paired-test columns are empty (compare one setting at a time, or give "
+            "the runs different methods)", stacklevel=3,
+        )  # fmt: skip
+        out = table.copy()
+        out["baseline"] = base
+        for column in PAIRED_COLUMNS[1:]:
+            out[column] = pd.NA if column == "within_seed_noise" else np.nan
+        return out
+    tests = compare_methods(long[["method", "seed", "task", "metric", "value"]], base)
+    tests = tests[["method", "task", "metric", "diff", "diff_ci_low", "diff_ci_high",
+                   "p_value", "n_pairs", "within_seed_noise"]]
+    out = table.merge(tests, on=["method", "task", "metric"], how="left", validate="1:1")
+    out.insert(out.columns.get_loc("diff"), "baseline", base)
+    return out
 
 
 def table_to_latex(
