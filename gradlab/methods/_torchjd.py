@@ -19,6 +19,7 @@ solvers; constructing them without those raises ImportError naming the packages 
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from typing import Any
 
@@ -267,9 +268,16 @@ class NashMTL(Method):
     for T = 1, where torchjd cannot build its problem, it returns the solution w = 1 (clipped
     to ``max_norm``). Needs cvxpy and ecos.
 
-    Caveat (torchjd 0.18.0, as the official code): the linearised problem is often unbounded,
-    depending on the gradients' absolute scale; torchjd then keeps its last good iterate (at
-    the first step: w = 1, the plain sum). ``extras["solver_failed"]`` is 1.0 on such steps.
+    Failed solves (torchjd 0.18.0, as the official code): the linearised problem can be
+    unbounded or inaccurate, e.g. when the task gradients' norms differ by orders of
+    magnitude; torchjd then keeps its last iterate (at the first step: w = 1, the plain
+    sum), and a sequence of "solved" problems can stall or run out of iterations far from
+    the solution. A solve counts as failed when its status is not optimal or its residual
+    max_i |α_i (Gα)_i - 1| exceeds ``NASH_TOL`` = 1e-2. On such steps
+    ``extras["solver_failed"]`` is 1.0 and, with ``fallback=True``
+    (default), the adapter uses `nash_bargaining_weights` instead: the exact solution of the
+    same problem by Newton's method (``extras["fallback"]`` 1.0), which also
+    becomes the next warm start. ``fallback=False`` keeps torchjd's answer as it is.
 
     Input gramian [T, T]; output weights [T] (float64, on the Gramian's device). State: the
     last solution ``alpha`` [T] and torchjd's call counter ``step``.
@@ -279,6 +287,7 @@ class NashMTL(Method):
             default 1.0 mirrors the official code's gradient clipping).
         update_weights_every: solve only every this many calls, reusing the weights between.
         optim_niter: at most this many convex solves per update.
+        fallback: on a failed solve use the exact Newton solution (see above).
 
     Example:
         >>> import torch
@@ -293,8 +302,11 @@ class NashMTL(Method):
     extra = "nash-mtl"
 
     def __init__(
-        self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20
+        self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20,
+        fallback: bool = True,
     ) -> None:
+        if not isinstance(fallback, bool):
+            raise TypeError(f"{self.name}: fallback must be true or false, got {fallback!r}")
         _check_number(self.name, "max_norm", max_norm, minimum=0.0)
         _check_number(
             self.name, "update_weights_every", update_weights_every, minimum=1, integer=True
@@ -304,6 +316,7 @@ class NashMTL(Method):
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every
         self.optim_niter = optim_niter
+        self.fallback = fallback
         self._aggregator: aggregation.NashMTL | None = None  # built once T is known
 
     def __call__(self, inp: MethodInput) -> MethodOutput:
@@ -317,7 +330,7 @@ class NashMTL(Method):
                 f"T={num_tasks}; call reset() first"
             )
         weighting = self._aggregator.weighting
-        failed = False
+        failed = used_fallback = False
         if num_tasks == 1:
             weights = self._single_task_weights(gramian)
         elif gramian.diagonal().sum() > 0:
@@ -327,14 +340,34 @@ class NashMTL(Method):
             with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
                 warnings.filterwarnings("ignore", message=".*not DPP.*")
                 weights = weighting(_gramian_factor(gramian))
-            # On a failed solve (often "unbounded") torchjd keeps its last good iterate.
-            failed = solves and weighting.prob.status not in _SOLVED
+            # On a failed solve (often "unbounded") torchjd keeps its last good iterate; a
+            # "solved" sequence can also stop far from Gα = 1/α (stalled or out of steps).
+            failed = solves and (weighting.prob.status not in _SOLVED
+                                 or _nash_residual(gramian, weighting.prvs_alpha) > NASH_TOL)
+            if failed and self.fallback:
+                exact = self._exact_weights(gramian)
+                used_fallback = exact is not None
+                weights = exact if exact is not None else weights
         else:
             weights = torch.as_tensor(np.asarray(weighting.prvs_alpha, dtype=np.float64))
-        return MethodOutput(
-            weights=_on_device_of(weights, inp.gramian),
-            extras={"solver_failed": float(failed)},
-        )
+        extras = {"solver_failed": float(failed)}
+        if self.fallback:
+            extras["fallback"] = float(used_fallback)
+        return MethodOutput(weights=_on_device_of(weights, inp.gramian), extras=extras)
+
+    def _exact_weights(self, gramian: torch.Tensor) -> torch.Tensor | None:
+        """Newton's solution of the problem torchjd solves (α_i (Gα)_i = 1; torchjd
+        normalises G only for its solver's sake), clipped like torchjd; it also becomes
+        torchjd's warm start. None when it does not exist (see `nash_bargaining_weights`)."""
+        alpha = nash_bargaining_weights(gramian)
+        if alpha is None:
+            return None
+        if (alpha > 0).all():
+            self._aggregator.weighting.prvs_alpha = alpha.numpy().copy()
+        norm = float(alpha @ gramian @ alpha) ** 0.5  # ‖αᵀJ‖
+        if 0 < self.max_norm < norm:
+            alpha = alpha * (self.max_norm / norm)
+        return alpha
 
     def _single_task_weights(self, gramian: torch.Tensor) -> torch.Tensor:
         """torchjd 0.18.0 cannot build its cvxpy problem for T = 1 (scalar operands). The
@@ -383,10 +416,83 @@ class NashMTL(Method):
             "max_norm": self.max_norm,
             "update_weights_every": self.update_weights_every,
             "optim_niter": self.optim_niter,
+            "fallback": self.fallback,
         }
 
 
 _SOLVED = ("optimal", "optimal_inaccurate")
+NASH_TOL = 1e-2  # max_i |α_i (Gα)_i - 1| above this: the solve did not reach the solution
+
+
+def _nash_residual(gramian: torch.Tensor, alpha) -> float:
+    """max_i |α_i (Gα)_i - 1|, scale-free (inf for an α with a zero or negative entry)."""
+    a = torch.as_tensor(np.asarray(alpha, dtype=np.float64))
+    if not (a > 0).all():
+        return math.inf
+    return float((a * (gramian @ a) - 1.0).abs().max())
+
+
+def nash_bargaining_weights(gramian: torch.Tensor, *, tol: float = 1e-20,
+                            max_iter: int = 100) -> torch.Tensor | None:
+    """The Nash bargaining weights α > 0 with α_i (Gα)_i = 1 for every task i, exactly.
+
+    Nash-MTL's solution (Navon et al., 2022, eq. 2: Gα = 1/α) is the unique minimiser of
+    the strictly convex f(α) = ½ αᵀGα - Σ log α_i over α > 0, found here by damped Newton
+    steps. The problem is first rescaled to unit diagonal (α = β / √G_ii, a correlation
+    matrix C with Cβ = 1/β), so gradients whose norms differ by orders of magnitude are no
+    harder than equal ones. Tasks with a zero gradient take no part and get weight 0.
+
+    Input gramian [T, T] (symmetric PSD); output weights [T] (float64, CPU), or None when no
+    solution exists: the gradients' convex hull contains 0 (the minimum norm is 0, a Pareto
+    stationary point, where no direction helps every task), detected as f unbounded below.
+    Converges when the Newton decrement λ² = ∇fᵀH⁻¹∇f falls below ``tol``.
+
+    Example:
+        >>> import torch
+        >>> G = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> nash_bargaining_weights(G)  # orthogonal gradients: α_i = 1 / ‖g_i‖
+        tensor([0.5000, 1.0000], dtype=torch.float64)
+    """
+    G = torch.as_tensor(gramian, dtype=torch.float64).detach().cpu()
+    G = (G + G.T) / 2
+    diag = G.diagonal().clamp_min(0.0)
+    active = diag > diag.max() * 1e-20 if diag.max() > 0 else torch.zeros_like(diag, dtype=bool)
+    weights = torch.zeros_like(diag)
+    if not active.any():
+        return None
+    d = diag[active].sqrt()
+    C = G[active][:, active] / d[:, None] / d[None, :]
+    beta = torch.ones(len(d), dtype=torch.float64)  # the solution for orthogonal gradients
+
+    def f(b: torch.Tensor) -> float:
+        return float(0.5 * b @ C @ b - torch.log(b).sum())
+
+    value = f(beta)
+    for _ in range(max_iter):
+        grad = C @ beta - 1.0 / beta
+        hessian = C + torch.diag(1.0 / beta**2)
+        try:
+            step = torch.linalg.solve(hessian, -grad)
+        except torch.linalg.LinAlgError:  # C singular and β far out: f unbounded below
+            return None
+        decrement = float(-(grad @ step))
+        if decrement < tol:
+            weights[active] = beta / d
+            return weights
+        t = 1.0
+        while True:  # backtracking: stay positive, decrease f enough (Armijo)
+            trial = beta + t * step
+            if (trial > 0).all():
+                trial_value = f(trial)
+                if trial_value <= value - 0.25 * t * decrement:
+                    break
+            t /= 2
+            if t < 1e-12:
+                return None
+        beta, value = trial, trial_value
+        if not np.isfinite(value) or float(beta.max()) > 1e12:  # f unbounded below
+            return None
+    return None
 
 
 def _gramian_factor(gramian: torch.Tensor) -> torch.Tensor:
