@@ -101,7 +101,7 @@ def test_compare_methods_pairs_by_seed():
     table = compare_methods(results, baseline="sum")
     assert list(table.columns) == ["method", "task", "metric", "n", "mean", "std", "ci_low",
                                    "ci_high", "diff", "diff_ci_low", "diff_ci_high", "p_value",
-                                   "n_pairs", "within_seed_noise"]
+                                   "p_holm", "n_pairs", "within_seed_noise"]
     assert table["method"].iloc[0] == "sum" and len(table) == 6
     row = table.set_index(["method", "task"]).loc[("pcgrad", "sst")]
     by_hand = paired_test([0.51, 0.55, 0.47], [0.50, 0.52, 0.48])
@@ -117,6 +117,33 @@ def test_compare_methods_pairs_by_seed():
     assert sts["diff"] == 0 and sts["within_seed_noise"]
     base = table.set_index(["method", "task"]).loc[("sum", "sst")]
     assert base["diff"] == 0 and pd.isna(base["within_seed_noise"])
+    sst = table[(table.task == "sst") & (table.method != "sum")].set_index("method")
+    p = sst["p_value"].sort_values()  # Holm by hand: two methods tested on sst accuracy
+    assert sst.loc[p.index[0], "p_holm"] == pytest.approx(min(1, 2 * p.iloc[0]))
+    assert sst.loc[p.index[1], "p_holm"] == pytest.approx(max(min(1, 2 * p.iloc[0]), p.iloc[1]))
+    assert pd.isna(base["p_holm"])
+
+
+def test_holm_by_brute_force():
+    from itertools import permutations
+
+    from gradlab.significance import holm
+
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 4, 7):
+        p = rng.uniform(0, 0.2, size=m)
+        adjusted = holm(p)
+        # brute force from the definition: for each hypothesis, the max over the step-down
+        # path of min(1, (m - j) p_(j)), j = 0..rank
+        order = np.argsort(p)
+        for rank, i in enumerate(order):
+            expected = max(min(1.0, (m - j) * p[order[j]]) for j in range(rank + 1))
+            assert adjusted[i] == pytest.approx(expected)
+        # it never depends on the order in which the p-values are listed
+        for perm in list(permutations(range(m)))[:6]:
+            np.testing.assert_allclose(holm(p[list(perm)]), adjusted[list(perm)])
+    assert np.isnan(holm([0.01, np.nan, 0.02])[1])
+    np.testing.assert_allclose(holm([0.01, np.nan, 0.02])[[0, 2]], [0.02, 0.02])
 
 
 def test_compare_methods_pairs_only_shared_seeds_and_checks_input():

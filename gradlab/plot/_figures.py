@@ -180,7 +180,8 @@ def comparison_table(
     With two or more methods, each is also tested against ``baseline`` (the first method
     when absent; None: no tests), paired by seed (`gradlab.significance.compare_methods`):
     baseline, diff (mean of method - baseline over the shared seeds), diff_ci_low,
-    diff_ci_high (95% t interval of that difference), p_value (paired t-test), n_pairs and
+    diff_ci_high (95% t interval of that difference), p_value (paired t-test), p_holm (Holm-
+    adjusted over the methods tested on the task), n_pairs and
     within_seed_noise (True when the interval contains 0 or fewer than 2 seeds pair up; NA
     on the baseline's rows). Runs of one method that share a seed cannot be paired: the
     test columns are then left empty, with a warning naming the runs.
@@ -214,8 +215,8 @@ def comparison_table(
     return _with_paired_tests(table, per_run, baseline)
 
 
-PAIRED_COLUMNS = ["baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "n_pairs",
-                  "within_seed_noise"]
+PAIRED_COLUMNS = ["baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_holm",
+                  "n_pairs", "within_seed_noise"]
 
 
 def _with_paired_tests(table: pd.DataFrame, per_run: pd.DataFrame, baseline: str
@@ -240,8 +241,7 @@ def _with_paired_tests(table: pd.DataFrame, per_run: pd.DataFrame, baseline: str
             out[column] = pd.NA if column == "within_seed_noise" else np.nan
         return out
     tests = compare_methods(long[["method", "seed", "task", "metric", "value"]], base)
-    tests = tests[["method", "task", "metric", "diff", "diff_ci_low", "diff_ci_high",
-                   "p_value", "n_pairs", "within_seed_noise"]]
+    tests = tests[["method", "task", "metric", *PAIRED_COLUMNS[1:]]]
     out = table.merge(tests, on=["method", "task", "metric"], how="left", validate="1:1")
     out.insert(out.columns.get_loc("diff"), "baseline", base)
     return out
