@@ -345,6 +345,43 @@ def test_arrows_default_to_last_logged_step_and_probe_for_round_robin(run_dirs):
 # -- comparison numbers --------------------------------------------------------------------
 
 
+def test_training_curves_line_up_schedules_by_batches_per_task(runs, joint_runs, run_dirs):
+    ax = plot.training_curves(runs, task="sst")  # joint and round-robin together
+    assert ax.get_xlabel() == "Batches per task"
+    xs = np.concatenate([line.get_xdata() for line in ax.get_lines()])
+    rr_steps = load_run(run_dirs["round_robin-s0"]).evals()
+    rr_steps = rr_steps.loc[rr_steps.task == "sst", "step"].to_numpy(float)
+    assert np.isin(rr_steps / 3, xs).all()  # T = 3 tasks: one batch each per 3 steps
+    joint_steps = load_run(run_dirs["sum-s0"]).evals()["step"].to_numpy(float)
+    assert np.isin(joint_steps, xs).all()
+    assert plot.training_curves(joint_runs, task="sst").get_xlabel() == "Step"
+    assert plot.training_curves(runs, task="sst", x="step").get_xlabel() == "Step"
+    with pytest.raises(ValueError, match="x must be"):
+        plot.training_curves(runs, x="epochs")
+    plt.close("all")
+
+
+def test_compare_shows_seed_points_when_runs_are_evaluated_only_at_the_end(tmp_path):
+    dirs = [make_synthetic_run(tmp_path / f"{m}-s{seed}", method=m, seed=seed, steps=20)
+            for m in ("sum", "pcgrad") for seed in (0, 1, 2)]  # one eval each, at step 19
+    runs = load_runs(dirs)
+    fig, table = plot.compare(runs)
+    sst = next(ax for ax in fig.axes if ax.get_title(loc="left") == "SST")
+    assert [t.get_text() for t in sst.get_xticklabels()] == ["Sum", "PCGrad"]
+    dots = np.concatenate([c.get_offsets()[:, 1] for c in sst.collections
+                           if len(c.get_offsets()) == 3])  # the seeds' dots, per method
+    per_run = plot.final_metrics(runs, task="sst")
+    np.testing.assert_allclose(np.sort(dots), np.sort(per_run["value"].to_numpy()))
+    row = table[(table.method == "pcgrad") & (table.task == "sst")].iloc[0]
+    means = [line.get_ydata()[0] for line in sst.get_lines() if len(line.get_ydata()) == 1]
+    assert np.isclose(means, row["mean"]).any()
+    ax = plot.seed_points(runs, task="sts")
+    assert ax.get_ylabel() == "Pearson r" and "seeds and mean" in ax.get_title(loc="left")
+    with pytest.raises(ValueError, match="task 'cola'"):
+        plot.seed_points(runs, task="cola")
+    plt.close("all")
+
+
 def test_method_comparison_error_bars_are_the_table_intervals(runs):
     ax = plot.method_comparison(runs)
     table = plot.comparison_table(runs)

@@ -39,6 +39,7 @@ from gradlab.plot._summaries import (
     final_metrics,
     method_comparison,
     s_conflict_bars,
+    seed_points,
 )
 from gradlab.plot._theme import (
     block_label,
@@ -67,6 +68,7 @@ __all__ = [
     "condition_number",
     "gradient_arrows",
     "method_comparison",
+    "seed_points",
     # data behind the figures
     "arrow_coordinates",
     "final_metrics",

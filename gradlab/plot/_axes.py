@@ -55,16 +55,22 @@ def training_curves(
     smooth: int | None = None,
     errorbar: Errorbar = BAND,
     legend: str | bool = "outside",
+    x: str = "auto",
     ax: Axes | None = None,
 ) -> Axes:
     """Per-task training curves, one line per method: dev metric (``kind="dev"``) or loss.
 
     ``metric``: one metric name, a dict task -> metric, or None for each task's primary
     metric (SST and PARA accuracy, STS Pearson r, overall score). ``smooth``: trailing mean
-    over that many steps (useful for the noisy per-step loss).
+    over that many steps (useful for the noisy per-step loss). ``x``: "step" (optimizer
+    steps), "task_batches" (batches each task has seen: the step for joint runs, step / T
+    for round-robin and sequential runs of T tasks, so that runs fed the same examples line
+    up) or "auto" (task_batches when joint and one-task schedules are plotted together).
 
     >>> ax = training_curves(runs, kind="loss", task="sst", smooth=50)  # doctest: +SKIP
     """
+    if x not in ("auto", "step", "task_batches"):
+        raise ValueError(f"x must be 'auto', 'step' or 'task_batches', got {x!r}")
     if kind == "dev":
         df = get_frame(data, "evals", ["step", "split", "task", "metric", "value"], split=split)
         df = _data.select(df, "split", split, "split")
@@ -83,12 +89,41 @@ def training_curves(
     else:
         raise ValueError(f"kind must be 'dev' or 'loss', got {kind!r}")
     df = _data.smooth(df, smooth, ["run", "task"])
+    df, xlabel = _x_axis(data, df, x)
     ax = _ax(ax)
     _task_lines(ax, df, errorbar=errorbar, legend=legend, labels=labels)
     what = f"{split} set" if kind == "dev" else "training loss"
-    ax.set(xlabel="Step", ylabel=ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     _title(ax, what + (f" · {smooth}-step mean" if smooth and smooth > 1 else ""), df)
     return ax
+
+
+def _x_axis(data, df: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str]:
+    """``df`` with its step column in the unit ``x`` asks for, and the axis label."""
+    one_task = ~df["schedule"].isin(["joint", "", None])
+    if x == "auto":
+        x = "task_batches" if one_task.any() and (~one_task).any() else "step"
+    if x == "step" or not one_task.any():
+        return df, "Step" if x == "step" else "Batches per task"
+    tasks = _tasks_per_run(data, df)
+    df = df.copy()
+    df["step"] = df["step"].astype(float)
+    rows = one_task.to_numpy()
+    df.loc[rows, "step"] = df.loc[rows, "step"] / df.loc[rows, "run"].map(tasks).to_numpy()
+    return df, "Batches per task"
+
+
+def _tasks_per_run(data, df: pd.DataFrame) -> dict[str, int]:
+    """run -> number of tasks it trained: from the runs' configs, else the frame's tasks."""
+    out: dict[str, int] = {}
+    for run in getattr(data, "runs", None) or ([data] if hasattr(data, "config") else []):
+        tasks = getattr(run, "config", {}).get("tasks")
+        if tasks:
+            out[run.name] = len(tasks)
+    for name, part in df.groupby("run"):
+        if name not in out:
+            out[name] = max(1, part.loc[part["task"] != "overall", "task"].nunique())
+    return out
 
 
 def cosine_over_training(

@@ -111,7 +111,8 @@ def compare(
 ) -> tuple[Figure, pd.DataFrame]:
     """Methods side by side: each task's training curve per method, and the final dev
     metric per task and overall (mean and 95% t interval over seeds). Returns the figure
-    and `comparison_table` of the same numbers.
+    and `comparison_table` of the same numbers. Runs evaluated only at the end have no
+    curves: their task panels show each seed's value beside the mean (`seed_points`).
 
     ``kind``: curves of the dev metric ("dev") or the training loss ("loss"); ``metric``:
     a metric name, a dict task -> metric or None for each task's primary metric.
@@ -127,7 +128,14 @@ def compare(
         cols = 2 if n == 4 else min(n, 3)
         rows = int(np.ceil(n / cols))
         axes = fig.subplots(rows, cols, squeeze=False).flat
+        end_only = kind == "dev" and _evaluated_once(runs, split)
         for ax, task in zip(axes, tasks, strict=False):
+            if end_only:  # curves would be one point per method: show the seeds instead
+                _summaries.seed_points(runs, task=task, metric=metric, split=split, at=at,
+                                       ax=ax)
+                ax.set_title(_theme.task_label(task), loc="left", fontsize="medium")
+                ax.tick_params(axis="x", labelrotation=30 if len(variants) > 3 else 0)
+                continue
             _axes.training_curves(
                 runs, kind=kind, task=task, metric=metric, split=split, smooth=smooth,
                 legend=False, ax=ax,
@@ -161,6 +169,15 @@ def compare(
             frameon=False, title=note, title_fontsize="small",
         )  # fmt: skip
     return fig, table
+
+
+def _evaluated_once(runs, split: str) -> bool:
+    """True when every run has its ``split`` metrics at one step only (or data is a frame
+    without steps to tell)."""
+    df = _data.get_frame(runs, "evals", ["step", "split", "task", "metric", "value"],
+                         split=split)
+    df = df[df["split"] == split]
+    return bool(len(df)) and bool((df.groupby("run")["step"].nunique() <= 1).all())
 
 
 def comparison_table(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
@@ -28,7 +29,8 @@ from gradlab.plot._axes import (
 )
 from gradlab.plot._data import get_frame, t_interval
 
-__all__ = ["s_conflict_bars", "cosine_distribution", "method_comparison", "final_metrics"]
+__all__ = ["s_conflict_bars", "cosine_distribution", "method_comparison", "seed_points",
+           "final_metrics"]
 
 
 def s_conflict_bars(
@@ -209,6 +211,51 @@ def method_comparison(
     n = df.groupby("variant")["run"].nunique()
     seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
     _title(ax, f"mean and 95% CI over {seeds} seeds" if n.max() > 1 else "one seed per method")
+    return ax
+
+
+def seed_points(
+    data,
+    *,
+    task: str,
+    metric: str | dict[str, str] | None = None,
+    split: str = "dev",
+    at: str = "final",
+    ax: Axes | None = None,
+) -> Axes:
+    """One task's final (or best) metric per method: every seed as a dot, and the mean with
+    its 95% t interval (the numbers of ``comparison_table``) beside them.
+
+    The figure for runs evaluated only at the end, where training curves are single points:
+    it shows how far apart the seeds lie, which an interval of 3 seeds hides.
+
+    >>> ax = seed_points(gradlab.load_runs("runs/sweep"), task="sst")  # doctest: +SKIP
+    """
+    df = final_metrics(data, metric=metric, task=task, split=split, at=at)
+    if df.empty:
+        raise ValueError(f"no final {split} metric of task {task!r} in {_data.describe(data)}")
+    variants = _data.order_variants(df["variant"].unique())
+    ax = _ax(ax)
+    for position, v in enumerate(variants):
+        values = df.loc[df["variant"] == v, "value"].to_numpy(dtype=float)
+        color = _theme.method_color(v)
+        offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(position - 0.1 + offsets, values, s=12, color=color, alpha=0.55, lw=0,
+                   zorder=3)
+        mean = float(values.mean())
+        low, high = t_interval(values)
+        if np.isfinite(low):
+            ax.errorbar(position + 0.18, mean, yerr=[[mean - low], [high - mean]], fmt="o",
+                        ms=4, color=color, capsize=2.5, lw=1.2, zorder=4)
+        else:
+            ax.plot(position + 0.18, mean, "o", ms=4, color=color, zorder=4)
+    ax.set_xticks(range(len(variants)), [_theme.method_label(v) for v in variants])
+    ax.set_xlim(-0.6, len(variants) - 0.4)
+    ax.set(xlabel="", ylabel=_theme.metric_label(df["metric"].iloc[0]))
+    ax.grid(False, axis="x")
+    n = df.groupby("variant")["run"].nunique()
+    _title(ax, f"{_theme.task_label(task)} · seeds and mean (95% CI)" if n.max() > 1
+           else f"{_theme.task_label(task)} · one seed per method")
     return ax
 
 
