@@ -700,6 +700,11 @@ def test_nash_bargaining_weights_brute_force_and_properties():
         perm = rng.permutation(num_tasks)
         w_perm = nash_bargaining_weights(G[perm][:, perm])
         np.testing.assert_allclose(w_perm.numpy(), w.numpy()[perm], rtol=1e-8)
+    # pinned: torchjd's (converged) answer on J_PINNED, and 1/‖g_i‖ for orthogonal gradients
+    w = nash_bargaining_weights(torch.tensor(J_PINNED @ J_PINNED.T))
+    np.testing.assert_allclose(w.numpy(), [0.5915, 0.4071], atol=5e-5)
+    w = nash_bargaining_weights(torch.diag(torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64)))
+    np.testing.assert_allclose(w.numpy(), [0.5, 1.0, 2.0], rtol=1e-12)
     g = rng.normal(size=6)
     assert nash_bargaining_weights(torch.tensor(np.outer([1, -1], [1, -1]) * (g @ g))) is None
     assert nash_bargaining_weights(torch.zeros(3, 3)) is None
