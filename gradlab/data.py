@@ -166,7 +166,8 @@ class TaskExamples:
     """The valid rows of one task file, in file order (N examples).
 
     texts: N tuples of 1 or 2 strings (the spec's text columns), verbatim.
-    labels: [N] int64 (class index or 0/1) or float32 (regression).
+    labels: [N] int64 (class index or 0/1) or float32 (regression); float32 NaN when the
+    file was read without labels (``labelled`` False, e.g. a test file for predictions).
     line_numbers: 1-based physical line of each example in the file (the header is line 1).
     skipped: (line, reason) of each malformed row that was skipped.
     source_stat: (mtime_ns, size) of the file when read; part of the tokenization cache key.
@@ -182,6 +183,7 @@ class TaskExamples:
     spec: ReaderSpec
     limit: int | None = None
     source_stat: tuple[int, int] | None = None
+    labelled: bool = True
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -212,8 +214,12 @@ def read_task_file(
     task: str,
     strict: bool = False,
     limit: int | None = None,
+    labels: bool | None = True,
 ) -> TaskExamples:
     """Read one tab-separated task file with no quoting (double quotes are literal text).
+
+    ``labels``: True reads and checks the label column (training, evaluation); False ignores
+    it; None reads it when the header has it (predictions on labelled or unlabelled files).
 
     Malformed rows (wrong number of fields, empty text, empty label) are skipped with one
     DataWarning naming the file, lines and count; ``strict=True`` raises DataError instead.
@@ -223,26 +229,29 @@ def read_task_file(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, found {limit!r}")
+    if labels not in (True, False, None):
+        raise ValueError(f"labels must be True, False or None, found {labels!r}")
     path = Path(path)
     stat = path.stat()
     with path.open("rb") as file:
         header = _decode(next(file, b""), path, 1).lstrip("\ufeff").split("\t")
         if header == [""]:
             raise DataError(f"{path}: empty file (no header row on line 1)")
-        columns = _column_indices(header, spec, path)
+        labelled = labels is True or (labels is None and spec.label_column in header)
+        columns = _column_indices(header, spec, path, labelled)
         id_index = columns[spec.id_column] if spec.id_column is not None else None
         ids, texts, raw_labels, line_numbers, skipped = [], [], [], [], []
         for line_number, raw in enumerate(file, start=2):
             if limit is not None and len(ids) >= limit:
                 break
             fields = _decode(raw, path, line_number).split("\t")
-            reason = _malformed(fields, header, spec, columns)
+            reason = _malformed(fields, header, spec, columns, labelled)
             if reason is not None:
                 skipped.append((line_number, reason))
                 continue
             ids.append(fields[id_index] if id_index is not None else str(line_number))
             texts.append(tuple(fields[columns[c]] for c in spec.text_columns))
-            raw_labels.append(fields[columns[spec.label_column]])
+            raw_labels.append(fields[columns[spec.label_column]] if labelled else "")
             line_numbers.append(line_number)
     if not ids and not skipped:
         raise DataError(f"{path}: no data rows after the header")
@@ -255,9 +264,10 @@ def read_task_file(
         warnings.warn(message + " -- skipped", DataWarning, stacklevel=2)
     if not ids:
         raise DataError(f"{path}: no valid rows ({len(skipped)} malformed rows skipped)")
-    labels = _parse_labels(raw_labels, line_numbers, spec, path)
-    return TaskExamples(task, path, ids, texts, labels, line_numbers, skipped, spec, limit,
-                        (stat.st_mtime_ns, stat.st_size))
+    values = (_parse_labels(raw_labels, line_numbers, spec, path) if labelled
+              else np.full(len(ids), np.nan, dtype=np.float32))
+    return TaskExamples(task, path, ids, texts, values, line_numbers, skipped, spec, limit,
+                        (stat.st_mtime_ns, stat.st_size), labelled)
 
 
 def _decode(raw: bytes, path: Path, line_number: int) -> str:
@@ -272,9 +282,10 @@ def _decode(raw: bytes, path: Path, line_number: int) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
-def _column_indices(header: list[str], spec: ReaderSpec, path: Path) -> dict[str, int]:
+def _column_indices(header: list[str], spec: ReaderSpec, path: Path,
+                    labelled: bool = True) -> dict[str, int]:
     """Column name -> index for the columns ``spec`` needs; DataError naming any missing."""
-    wanted = [*spec.text_columns, spec.label_column]
+    wanted = [*spec.text_columns, *([spec.label_column] if labelled else [])]
     if spec.id_column is not None:
         wanted.append(spec.id_column)
     missing = [name for name in wanted if name not in header]
@@ -284,12 +295,13 @@ def _column_indices(header: list[str], spec: ReaderSpec, path: Path) -> dict[str
 
 
 def _malformed(
-    fields: list[str], header: list[str], spec: ReaderSpec, columns: dict[str, int]
+    fields: list[str], header: list[str], spec: ReaderSpec, columns: dict[str, int],
+    labelled: bool = True,
 ) -> str | None:
     """Why a row cannot be read (wrong field count, empty text or label), or None if it can."""
     if len(fields) != len(header):
         return f"{len(fields)} fields, expected {len(header)}"
-    empty = [name for name in (*spec.text_columns, spec.label_column)
+    empty = [name for name in (*spec.text_columns, *([spec.label_column] if labelled else []))
              if not fields[columns[name]].strip()]
     return "empty " + " and ".join(empty) if empty else None
 
@@ -437,7 +449,7 @@ def _cache_key(examples: TaskExamples, tokenizer: Any) -> tuple[Any, ...] | None
     if examples.source_stat is None:
         return None
     return (str(Path(examples.path).resolve()), *examples.source_stat, examples.spec,
-            str(tokenizer.name_or_path), len(tokenizer), examples.limit)
+            str(tokenizer.name_or_path), len(tokenizer), examples.limit, examples.labelled)
 
 
 def _tokenize(examples: TaskExamples, tokenizer: Any) -> TokenizedTask:

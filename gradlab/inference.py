@@ -61,11 +61,12 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = No
 
 def predict_file(checkpoint: str | Path, task: str, input_path: str | Path,
                  out_path: str | Path, overrides: list[str] | None = None) -> tuple[Path, int]:
-    """Write ``id<TAB>prediction`` for every row of a task file (dev-file layout)."""
+    """Write ``id<TAB>prediction`` for every row of a task file: the dev-file layout, with or
+    without the label column (a test file)."""
     model, tokenizer, cfg = load_model(checkpoint, overrides)
     if task not in cfg.tasks:
         raise ValueError(f"task {task!r} is not one of the checkpoint's tasks {cfg.tasks}")
-    examples = read_task_file(Path(input_path), DEFAULT_READERS[task], task=task)
+    examples = read_task_file(Path(input_path), DEFAULT_READERS[task], task=task, labels=None)
     eval_set = EvalSet(task, tokenize_texts(examples, tokenizer), examples.ids)
     predicted = predict(model, eval_set, special_ids=special_token_ids(tokenizer),
                         max_length=cfg.max_length, batch_size=cfg.eval_batch_size)

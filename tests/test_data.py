@@ -375,6 +375,28 @@ def test_tokenization_cached_in_memory(sst_file, tokenizer):
     assert changed is not first and len(changed) == 1
 
 
+def test_unlabelled_file_reads_for_predictions_and_caches_apart(tmp_path, tokenizer):
+    lines = ["\tid\tsentence1\tsentence2", "0\ta\tfirst pair\tsecond one",
+             "1\tb\tanother pair\tand its partner"]
+    path = write(tmp_path, "sts-test.csv", lines)
+    examples = read_task_file(path, STS, task="sts", labels=None)  # no label column: fine
+    assert examples.ids == ["a", "b"] and not examples.labelled
+    assert examples.labels.dtype == np.float32 and np.isnan(examples.labels).all()
+    with pytest.raises(DataError, match=r"missing column\(s\) \['similarity'\]"):
+        read_task_file(path, STS, task="sts")  # training and evaluation need labels
+    labelled = write(tmp_path, "sts-dev.csv", [lines[0] + "\tsimilarity",
+                                               lines[1] + "\t1.5", lines[2] + "\t4"])
+    auto = read_task_file(labelled, STS, task="sts", labels=None)
+    assert auto.labelled and auto.labels.tolist() == [1.5, 4.0]
+    ignored = read_task_file(labelled, STS, task="sts", labels=False)
+    assert np.isnan(ignored.labels).all()
+    # the tokenization cache keeps the labelled and unlabelled reads of one file apart
+    assert tokenize_texts(ignored, tokenizer) is not tokenize_texts(auto, tokenizer)
+    np.testing.assert_array_equal(tokenize_texts(auto, tokenizer).labels, [1.5, 4.0])
+    with pytest.raises(ValueError, match="labels must be"):
+        read_task_file(labelled, STS, task="sts", labels="auto")
+
+
 class _NoCallTokenizer:
     """Stands in for the tokenizer when the on-disk cache must answer."""
 

@@ -63,6 +63,15 @@ def test_cli_train_each_schedule_then_evaluate_and_predict(tmp_path, tiny_overri
                  "--out", str(out), "progress=false"]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id\tPredicted_Similarity" and len(lines) == 864
+    if schedule == "joint" and method == "sum":  # a test file: the dev file without labels
+        unlabelled = tmp_path / "sts-test.csv"
+        unlabelled.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in
+                                      dev.read_text(encoding="utf-8").splitlines()),
+                              encoding="utf-8")
+        out_test = tmp_path / "pred-test.tsv"
+        assert main(["predict", str(run_dir), "--task", "sts", "--input", str(unlabelled),
+                     "--out", str(out_test), "progress=false"]) == 0
+        assert out_test.read_text() == out.read_text()
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path, tiny_overrides):

@@ -10,7 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a checkpoint's predictions for a task file")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--task", required=True, help="sst, para or sts")
-    p.add_argument("--input", type=Path, required=True, help="task file (TSV, as the dev files)")
+    p.add_argument("--input", type=Path, required=True,
+                   help="task file (TSV laid out as the dev files; the label column may be absent)")
     p.add_argument("--out", type=Path, required=True, help="output TSV: id, prediction")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=run)
