@@ -69,8 +69,6 @@ def training_curves(
 
     >>> ax = training_curves(runs, kind="loss", task="sst", smooth=50)  # doctest: +SKIP
     """
-    if x not in ("auto", "step", "task_batches"):
-        raise ValueError(f"x must be 'auto', 'step' or 'task_batches', got {x!r}")
     if kind == "dev":
         df = get_frame(data, "evals", ["step", "split", "task", "metric", "value"], split=split)
         df = _data.select(df, "split", split, "split")
@@ -100,6 +98,8 @@ def training_curves(
 
 def _x_axis(data, df: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str]:
     """``df`` with its step column in the unit ``x`` asks for, and the axis label."""
+    if x not in ("auto", "step", "task_batches"):
+        raise ValueError(f"x must be 'auto', 'step' or 'task_batches', got {x!r}")
     one_task = ~df["schedule"].isin(["joint", "", None])
     if x == "auto":
         x = "task_batches" if one_task.any() and (~one_task).any() else "step"
@@ -121,8 +121,13 @@ def _tasks_per_run(data, df: pd.DataFrame) -> dict[str, int]:
         if tasks:
             out[run.name] = len(tasks)
     for name, part in df.groupby("run"):
-        if name not in out:
-            out[name] = max(1, part.loc[part["task"] != "overall", "task"].nunique())
+        if name in out:
+            continue
+        if "task" in part.columns:
+            tasks = set(part.loc[part["task"] != "overall", "task"])
+        else:  # a pair frame: "sst-para" names two tasks
+            tasks = {t for pair in part["pair"].unique() for t in str(pair).split("-")}
+        out[name] = max(1, len(tasks))
     return out
 
 
@@ -135,12 +140,14 @@ def cosine_over_training(
     smooth: int | None = None,
     errorbar: Errorbar = BAND,
     legend: str | bool = "outside",
+    x: str = "auto",
     ax: Axes | None = None,
 ) -> Axes:
     """Cosine similarity of each task pair's gradients over training, zero line marked.
 
     ``source``: "train" (every training step), "probe" (fixed probe batches, the fair
     comparison with round-robin) or None (train if every run logged it, else probe).
+    ``x``: "step", "task_batches" or "auto", as in `training_curves`.
 
     >>> ax = cosine_over_training(run, pair="sst-para", smooth=20)  # doctest: +SKIP
     """
@@ -149,10 +156,11 @@ def cosine_over_training(
     df = _data.select_block(df, block)
     df = _select_pairs(df, pair)
     df = _data.smooth(df, smooth, ["run", "source", "block", "pair"])
+    df, xlabel = _x_axis(data, df, x)
     ax = _ax(ax)
     ax.axhline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
-    ax.set(xlabel="Step", ylabel="Cosine similarity")
+    ax.set(xlabel=xlabel, ylabel="Cosine similarity")
     _title(ax, _where(block, source, smooth), df)
     return ax
 
@@ -166,12 +174,13 @@ def conflict_rate(
     window: int = 50,
     errorbar: Errorbar = BAND,
     legend: str | bool = "outside",
+    x: str = "auto",
     ax: Axes | None = None,
 ) -> Axes:
     """Share of the last ``window`` logged steps where a pair's cosine was negative.
 
     With a DataFrame the rate column is drawn as it is (its window was chosen when the
-    frame was made by ``Run.conflicts(window=...)``).
+    frame was made by ``Run.conflicts(window=...)``). ``x`` as in `training_curves`.
     """
     df = get_frame(
         data, "conflicts", ["source", "step", "block", "pair", "conflict_rate"], window=window,
@@ -180,9 +189,10 @@ def conflict_rate(
     df, source = _data.select_source(df, source)
     df = _data.select_block(df, block)
     df = _select_pairs(df, pair).rename(columns={"conflict_rate": "value"})
+    df, xlabel = _x_axis(data, df, x)
     ax = _ax(ax)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
-    ax.set(xlabel="Step", ylabel="Conflict rate (cos < 0)", ylim=(-0.02, 1.02))
+    ax.set(xlabel=xlabel, ylabel="Conflict rate (cos < 0)", ylim=(-0.02, 1.02))
     _title(ax, _where(block, source) + f" · {window}-step window", df)
     return ax
 
