@@ -361,6 +361,7 @@ def test_training_curves_line_up_schedules_by_batches_per_task(runs, joint_runs,
     for draw in (plot.cosine_over_training, plot.conflict_rate):  # probe steps likewise
         ax = draw(runs, pair="sst-para", source="probe")
         assert ax.get_xlabel() == "Batches per task"
+        assert ax.get_title(loc="left").startswith("SST–PARA · ")  # the one pair, named
         xs = np.concatenate([line.get_xdata() for line in ax.get_lines()])
         rr_probe = load_run(run_dirs["round_robin-s0"]).cosines(source="probe")
         assert np.isin(rr_probe["step"].unique() / 3, xs).all()

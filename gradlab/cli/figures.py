@@ -87,13 +87,17 @@ def write_demo_figures(run_dirs: Sequence[Path], out: Path) -> list[Path]:
         plot.table_to_csv(table, out / "compare.csv")
         plot.table_to_latex(table, out / "compare.tex")
         written += [out / "compare.csv", out / "compare.tex"]
-    for name, func, kwargs in (("cosine_probe", "cosine_over_training", {"source": "probe"}),
-                               ("conflict_rate_probe", "conflict_rate", {"source": "probe"}),
+    pairs = ("sst-para", "sst-sts", "para-sts")
+    # one file per pair: methods x pairs x seed bands in one axes is unreadable past 2 methods
+    per_pair = [(f"{name}_{p}", func, {"source": "probe", "pair": p})
+                for name, func in (("cosine_probe", "cosine_over_training"),
+                                   ("conflict_rate_probe", "conflict_rate")) for p in pairs]
+    for name, func, kwargs in (*per_pair,
                                ("training_curves", "training_curves", {}),
                                ("training_loss", "training_curves", {"kind": "loss"}),
                                *[(f"cosine_distribution_{p}", "cosine_distribution",
                                   {"source": "probe", "pair": p})
-                                 for p in ("sst-para", "sst-sts", "para-sts")]):
+                                 for p in pairs]):
         fn = getattr(plot, func)
         written += _one_axes(lambda ax, fn=fn, kw=kwargs: fn(runs, ax=ax, **kw), out / name,
                              "icml-page")

@@ -161,7 +161,7 @@ def cosine_over_training(
     ax.axhline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     ax.set(xlabel=xlabel, ylabel="Cosine similarity")
-    _title(ax, _where(block, source, smooth), df)
+    _title(ax, _one_pair(df) + _where(block, source, smooth), df)
     return ax
 
 
@@ -193,7 +193,7 @@ def conflict_rate(
     ax = _ax(ax)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     ax.set(xlabel=xlabel, ylabel="Conflict rate (cos < 0)", ylim=(-0.02, 1.02))
-    _title(ax, _where(block, source) + f" · {window}-step window", df)
+    _title(ax, _one_pair(df) + _where(block, source) + f" · {window}-step window", df)
     return ax
 
 
@@ -431,6 +431,12 @@ def _title(ax: Axes, text: str, df: pd.DataFrame | None = None) -> None:
         else:
             lines.append(part)
     ax.set_title("\n".join(lines), loc="left", fontsize="small", color="0.3")
+
+
+def _one_pair(df: pd.DataFrame) -> str:
+    """"SST–PARA · " when the frame holds one pair (the legend then names methods only)."""
+    pairs = df["pair"].unique()
+    return f"{_theme.pair_label(pairs[0])} · " if len(pairs) == 1 else ""
 
 
 def _where(block: str, source: str, smooth: int | None = None) -> str:
