@@ -359,6 +359,7 @@ class NashMTL(Method):
         """Newton's solution of the problem torchjd solves (α_i (Gα)_i = 1; torchjd
         normalises G only for its solver's sake), clipped like torchjd; it also becomes
         torchjd's warm start. None when it does not exist (see `nash_bargaining_weights`)."""
+        gramian = gramian.detach().cpu()  # a [T, T] solve: on the CPU, as torchjd's
         alpha = nash_bargaining_weights(gramian)
         if alpha is None:
             return None
@@ -429,7 +430,7 @@ def _nash_residual(gramian: torch.Tensor, alpha) -> float:
     a = torch.as_tensor(np.asarray(alpha, dtype=np.float64))
     if not (a > 0).all():
         return math.inf
-    return float((a * (gramian @ a) - 1.0).abs().max())
+    return float((a * (gramian.detach().cpu() @ a) - 1.0).abs().max())
 
 
 def nash_bargaining_weights(gramian: torch.Tensor, *, tol: float = 1e-20,
