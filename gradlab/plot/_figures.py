@@ -172,8 +172,7 @@ def compare(
 
 
 def _evaluated_once(runs, split: str) -> bool:
-    """True when every run has its ``split`` metrics at one step only (or data is a frame
-    without steps to tell)."""
+    """True when every run has its ``split`` metrics at one step only."""
     df = _data.get_frame(runs, "evals", ["step", "split", "task", "metric", "value"],
                          split=split)
     df = df[df["split"] == split]
