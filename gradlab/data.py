@@ -238,14 +238,15 @@ def read_task_file(
         if header == [""]:
             raise DataError(f"{path}: empty file (no header row on line 1)")
         labelled = labels is True or (labels is None and spec.label_column in header)
-        columns = _column_indices(header, spec, path, labelled)
+        needed = (*spec.text_columns, spec.label_column) if labelled else spec.text_columns
+        columns = _column_indices(header, needed, spec.id_column, path)
         id_index = columns[spec.id_column] if spec.id_column is not None else None
         ids, texts, raw_labels, line_numbers, skipped = [], [], [], [], []
         for line_number, raw in enumerate(file, start=2):
             if limit is not None and len(ids) >= limit:
                 break
             fields = _decode(raw, path, line_number).split("\t")
-            reason = _malformed(fields, header, spec, columns, labelled)
+            reason = _malformed(fields, header, needed, columns)
             if reason is not None:
                 skipped.append((line_number, reason))
                 continue
@@ -282,12 +283,11 @@ def _decode(raw: bytes, path: Path, line_number: int) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
-def _column_indices(header: list[str], spec: ReaderSpec, path: Path,
-                    labelled: bool = True) -> dict[str, int]:
-    """Column name -> index for the columns ``spec`` needs; DataError naming any missing."""
-    wanted = [*spec.text_columns, *([spec.label_column] if labelled else [])]
-    if spec.id_column is not None:
-        wanted.append(spec.id_column)
+def _column_indices(header: list[str], needed: tuple[str, ...], id_column: str | None,
+                    path: Path) -> dict[str, int]:
+    """Column name -> index for the ``needed`` text/label columns and the id column;
+    DataError naming any missing."""
+    wanted = [*needed, *([id_column] if id_column is not None else [])]
     missing = [name for name in wanted if name not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; columns found: {header}")
@@ -295,14 +295,13 @@ def _column_indices(header: list[str], spec: ReaderSpec, path: Path,
 
 
 def _malformed(
-    fields: list[str], header: list[str], spec: ReaderSpec, columns: dict[str, int],
-    labelled: bool = True,
+    fields: list[str], header: list[str], needed: tuple[str, ...], columns: dict[str, int]
 ) -> str | None:
-    """Why a row cannot be read (wrong field count, empty text or label), or None if it can."""
+    """Why a row cannot be read (wrong field count, an empty ``needed`` text or label
+    field), or None if it can."""
     if len(fields) != len(header):
         return f"{len(fields)} fields, expected {len(header)}"
-    empty = [name for name in (*spec.text_columns, *([spec.label_column] if labelled else []))
-             if not fields[columns[name]].strip()]
+    empty = [name for name in needed if not fields[columns[name]].strip()]
     return "empty " + " and ".join(empty) if empty else None
 
 
