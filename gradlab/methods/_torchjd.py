@@ -337,12 +337,17 @@ class NashMTL(Method):
             solves = weighting.step % self.update_weights_every == 0
             # cvxpy warns on every first solve that this problem is not DPP (no speed-up), and
             # numpy warns when it evaluates 1/(Gα) at a zero gradient; failures are in extras.
+            raised = False
             with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
                 warnings.filterwarnings("ignore", message=".*not DPP.*")
-                weights = weighting(_gramian_factor(gramian))
+                try:
+                    weights = weighting(_gramian_factor(gramian))
+                except ValueError:  # cvxpy < 1.7 refuses the parameters of a zero gradient
+                    raised = True
+                    weights = torch.as_tensor(np.asarray(weighting.prvs_alpha, np.float64))
             # On a failed solve (often "unbounded") torchjd keeps its last good iterate; a
             # "solved" sequence can also stop far from Gα = 1/α (stalled or out of steps).
-            failed = solves and (weighting.prob.status not in _SOLVED
+            failed = solves and (raised or weighting.prob.status not in _SOLVED
                                  or _nash_residual(gramian, weighting.prvs_alpha) > NASH_TOL)
             if failed and self.fallback:
                 exact = self._exact_weights(gramian)

@@ -43,9 +43,10 @@ def get_frame(data, accessor: str, columns: Sequence[str], **kwargs) -> pd.DataF
     if df.empty:
         raise ValueError(f"no rows from {accessor}() in {describe(data)}")
     df = df.reset_index(drop=True)
-    key = df["method"].astype(str) + "\x00" + df["schedule"].astype(str)
-    names = {k: variant(*k.split("\x00", 1)) for k in key.unique()}
-    df["variant"] = key.map(names)
+    # One name per (method, schedule); pairs, not joined strings (pandas < 2.2 drops "\x00").
+    pairs = list(zip(df["method"].astype(str), df["schedule"], strict=True))
+    names = {pair: variant(*pair) for pair in dict.fromkeys(pairs)}
+    df["variant"] = [names[pair] for pair in pairs]
     return df
 
 
