@@ -791,6 +791,30 @@ def test_gradnorm_matches_autograd_of_its_objective(optimizer):
     assert float(out.weights.sum()) == pytest.approx(3.0)
 
 
+# Pinned: the weights after five steps, recorded before the weights' optimizer moved to
+# torch.optim (the SGD GradNorm run hits the floor of 1e-6 on task 0 before renormalising).
+J_LOSS_WEIGHTING = np.array([[1.0, -2.0, 0.5, 3.0], [0.5, 1.0, -1.0, 0.2], [-1.0, 0.3, 2.0, 1.0]])
+LOSSES_PINNED = [[2.0, 1.0, 0.5], [1.5, 0.9, 0.6], [1.0, 0.8, 0.7], [0.8, 0.7, 0.7],
+                 [0.6, 0.65, 0.7]]
+
+
+@pytest.mark.parametrize(
+    ("name", "optimizer", "expected"),
+    [
+        ("gradnorm", "adam", [0.6082477671, 1.3913749674, 1.0003772655]),
+        ("gradnorm", "sgd", [1.026005434e-06, 1.401407329, 1.598591645]),
+        ("uncertainty", "adam", [0.7631901406, 1.284363211, 1.438303861]),
+        ("uncertainty", "sgd", [0.9104898488, 1.058785123, 1.141545475]),
+    ],
+)
+def test_loss_weighting_pinned_weights(name, optimizer, expected):
+    method = get_method(name, lr=0.1, optimizer=optimizer)
+    for losses in LOSSES_PINNED:
+        out = method(make_input(J_LOSS_WEIGHTING, num_blocks=2, losses=np.array(losses)))
+    np.testing.assert_allclose(out.weights.numpy(), expected, rtol=1e-9, atol=1e-10)
+    assert method.state_dict()["steps"] == len(LOSSES_PINNED)
+
+
 # ------------------------------------------------------------------------------------------
 # State
 
