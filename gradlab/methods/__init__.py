@@ -27,16 +27,23 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ._aligned_mtl import AlignedMTL
 from ._base import Method, MethodInput, MethodOutput, ProjectionEvent
+from ._cagrad import CAGrad
+from ._dualproj import DualProj
 from ._dwa import DWA
 from ._gradnorm import GradNorm
 from ._gradvac import GradVac
+from ._imtl_g import IMTLG
 from ._mean import Mean
+from ._mgda import MGDA
+from ._nash_mtl import NashMTL
 from ._pcgrad import PCGrad
 from ._pcgrad_layerwise import PCGradLayerwise
+from ._random import Random
 from ._sum import Sum
-from ._torchjd import IMTLG, MGDA, AlignedMTL, CAGrad, DualProj, NashMTL, Random, UPGrad
 from ._uncertainty import Uncertainty
+from ._upgrad import UPGrad
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
