@@ -362,7 +362,6 @@ def test_bad_gramian_is_rejected_with_its_shape():
 def test_blockwise_methods_need_matching_block_gramians():
     inp = make_input(J_PINNED, num_blocks=1)
     for name in ("pcgrad_layerwise", "gradvac", "gradnorm"):
-        assert METHODS[name].needs_block_gramians
         with pytest.raises(ValueError, match="block_gramians"):
             get_method(name)(MethodInput(gramian=inp.gramian, losses=inp.losses))
         with pytest.raises(ValueError, match="block_names"):
@@ -374,7 +373,6 @@ def test_blockwise_methods_need_matching_block_gramians():
                     losses=inp.losses,
                 )
             )
-    assert not METHODS["pcgrad"].needs_block_gramians
 
 
 def test_loss_methods_need_losses():

@@ -63,16 +63,15 @@ class MethodOutput:
 class Method:
     """Base class: subclasses implement ``__call__`` and, if stateful, ``state_dict``.
 
-    ``blockwise`` is True for methods that return [B, T] weights and so need block Gramians.
+    ``blockwise`` is True for methods that return [B, T] weights. Block Gramians need no
+    flag: the engine always computes them (the whole Gramian is their sum, and the monitor
+    logs them), so every method may read ``MethodInput.block_gramians``.
     ``state_dict`` / ``load_state_dict`` hold only tensors and JSON-able values (saved in
     checkpoints with safetensors + JSON, never pickle).
     """
 
     name: str = "method"
     blockwise: bool = False
-    # True when the method reads ``MethodInput.block_gramians`` (all blockwise methods, and
-    # GradNorm, which looks at the last shared block), so the engine can tell without names.
-    needs_block_gramians: bool = False
 
     def __call__(self, inp: MethodInput) -> MethodOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -60,7 +60,6 @@ class GradNorm(Method):
     """
 
     name = "gradnorm"
-    needs_block_gramians = True
 
     def __init__(
         self,
