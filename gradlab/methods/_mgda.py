@@ -16,6 +16,8 @@ class MGDA(_TorchJDWeighting):
     `Multi-Task Learning as Multi-Objective Optimization <https://arxiv.org/abs/1810.04650>`_
     (Sener & Koltun, 2018), Frank-Wolfe solver of their Algorithm 2, via torchjd's
     ``MGDAWeighting``. Weights [T] on the simplex (sum 1) minimising ‖wᵀJ‖ = √(wᵀGw).
+    Frank-Wolfe approaches the minimum slowly: with the defaults, ‖wᵀJ‖ ended up to 5.4 %
+    above the minimum norm for 3 to 5 random tasks (0.43 % with 1000 iterations).
     Input gramian [T, T]; output weights [T] (float64, on the Gramian's device).
 
     Args:
