@@ -7,7 +7,13 @@ methods (block b gets w_bᵀ J_b), PCGrad projection events, and scalar diagnost
 never call autograd and never touch parameters; weights are float64 on the Gramian's device.
 
 ``get_method(name, **kwargs)`` builds a method from its registry name; ``METHODS`` maps names
-to classes. Stateful methods (pcgrad's and gradvac's task orders, gradvac's targets, the
+to classes. Each method lives in a private module named after it (``_pcgrad.py``,
+``_nash_mtl.py`` ...); the torchjd-backed ones share the adapter in ``_torchjd.py``, and the
+methods that learn values (GradNorm, Uncertainty) step them with ``torch.optim`` through
+``_learned.py``. To add a method: a new module, its class in ``METHODS`` and ``__all__``, and
+its entries in the property lists and pinned table of tests/test_methods_properties.py.
+
+Stateful methods (pcgrad's and gradvac's task orders, gradvac's targets, the
 loss-weighting methods' learned weights, nash_mtl, random) keep their state in
 ``state_dict()`` as tensors and plain numbers, so a resumed run continues exactly.
 
@@ -27,16 +33,23 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ._aligned_mtl import AlignedMTL
 from ._base import Method, MethodInput, MethodOutput, ProjectionEvent
+from ._cagrad import CAGrad
+from ._dualproj import DualProj
 from ._dwa import DWA
 from ._gradnorm import GradNorm
 from ._gradvac import GradVac
+from ._imtl_g import IMTLG
 from ._mean import Mean
+from ._mgda import MGDA
+from ._nash_mtl import NashMTL
 from ._pcgrad import PCGrad
 from ._pcgrad_layerwise import PCGradLayerwise
+from ._random import Random
 from ._sum import Sum
-from ._torchjd import IMTLG, MGDA, AlignedMTL, CAGrad, DualProj, NashMTL, Random, UPGrad
 from ._uncertainty import Uncertainty
+from ._upgrad import UPGrad
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls

@@ -63,16 +63,15 @@ class MethodOutput:
 class Method:
     """Base class: subclasses implement ``__call__`` and, if stateful, ``state_dict``.
 
-    ``blockwise`` is True for methods that return [B, T] weights and so need block Gramians.
+    ``blockwise`` is True for methods that return [B, T] weights. Block Gramians need no
+    flag: the engine always computes them (the whole Gramian is their sum, and the monitor
+    logs them), so every method may read ``MethodInput.block_gramians``.
     ``state_dict`` / ``load_state_dict`` hold only tensors and JSON-able values (saved in
     checkpoints with safetensors + JSON, never pickle).
     """
 
     name: str = "method"
     blockwise: bool = False
-    # True when the method reads ``MethodInput.block_gramians`` (all blockwise methods, and
-    # GradNorm, which looks at the last shared block), so the engine can tell without names.
-    needs_block_gramians: bool = False
 
     def __call__(self, inp: MethodInput) -> MethodOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -231,34 +230,3 @@ class SeededGenerator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         _check_state_keys(self.name, state, required={"generator"})
         self.generator = _generator_from_state(self.name, state["generator"])
-
-
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
-
-
-def _optimizer_step(
-    optimizer: str,
-    lr: float,
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    steps: int,
-) -> int:
-    """One in-place SGD or Adam step (torch.optim.Adam's formula and defaults) on ``param``.
-
-    Returns the new step count. The moment tensors are only touched by Adam.
-    """
-    if optimizer == "sgd":
-        param.sub_(lr * grad)
-        return steps + 1
-    beta1, beta2 = _ADAM_BETAS
-    steps += 1
-    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - beta1**steps
-    bias_correction2 = 1 - beta2**steps
-    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(_ADAM_EPS)
-    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-    return steps

@@ -17,10 +17,9 @@ from ._base import (
     _gramian64,
     _losses64,
     _on_device_of,
-    _optimizer_step,
 )
+from ._learned import OPTIMIZERS, LearnedValues
 
-_OPTIMIZERS = ("adam", "sgd")
 _TINY = 1e-12  # floor on denominators (initial losses, mean loss ratio)
 _MIN_WEIGHT = 1e-6  # weights stay positive: a negative weight would reverse a task's gradient
 
@@ -33,18 +32,18 @@ class GradNorm(Method):
     block W, G_W(i) = ‖∇_W w_i L_i‖ = w_i √G^W_ii; with L̃_i = L_i / L_i(0) and
     r_i = L̃_i / mean_j L̃_j, the loss is Σ_i |G_W(i) - mean_j G_W(j) · r_i^α| with the target
     held constant (as in the paper), whose gradient in w_i is sign(G_W(i) - target_i) √G^W_ii.
-    The step uses the current weights, then takes one optimizer step on w, keeps w positive
-    and renormalises it to Σ_i w_i = T.
+    The step uses the current weights, then takes one optimizer step on w (``torch.optim``,
+    with this gradient), keeps w positive and renormalises it to Σ_i w_i = T.
 
     Input gramian [T, T], block_gramians [B, T, T] with block_names, losses [T]; output
     weights [T] (float64, on the Gramian's device) and ``extras["gradnorm_loss"]``. State:
     ``task_weights`` [T] (ones at the first call), ``initial_losses`` [T] (the first call's
-    losses), the Adam moments ``exp_avg``, ``exp_avg_sq`` [T] and ``steps``.
+    losses), the Adam moments ``exp_avg``, ``exp_avg_sq`` [T] (zeros for SGD) and ``steps``.
 
     Args:
         alpha: strength of the restoring force toward equal training rates (paper: 1.5).
         lr: learning rate of the weights. The encoder's (~1e-5) would leave them frozen.
-        optimizer: "adam" (torch.optim.Adam's update, default betas and eps) or "sgd".
+        optimizer: "adam" (``torch.optim.Adam``, default betas and eps) or "sgd".
         block: name of the shared block whose gradients are balanced; None = the last one.
 
     Example:
@@ -61,7 +60,6 @@ class GradNorm(Method):
     """
 
     name = "gradnorm"
-    needs_block_gramians = True
 
     def __init__(
         self,
@@ -72,7 +70,7 @@ class GradNorm(Method):
     ) -> None:
         _check_number(self.name, "alpha", alpha, minimum=0.0)
         _check_number(self.name, "lr", lr, minimum=0.0, exclusive_minimum=True)
-        _check_choice(self.name, "optimizer", optimizer, _OPTIMIZERS)
+        _check_choice(self.name, "optimizer", optimizer, OPTIMIZERS)
         if block is not None and not isinstance(block, str):
             raise TypeError(f"{self.name}: block must be a block name or None, got {block!r}")
         self.alpha = alpha
@@ -87,11 +85,10 @@ class GradNorm(Method):
         losses = _losses64(inp, self.name)
         last_shared = block_gramians[self._block_index(inp.block_names)]
         norms = last_shared.diagonal().clamp_min(0.0).sqrt()  # ‖∇_W L_i‖
-        if self.task_weights is None:
-            self.task_weights = torch.ones(num_tasks, dtype=torch.float64)
+        if self._learned is None:
+            ones = torch.ones(num_tasks, dtype=torch.float64)
+            self._learned = LearnedValues(ones, self.optimizer, self.lr)
             self.initial_losses = losses.clone()
-            self.exp_avg = torch.zeros(num_tasks, dtype=torch.float64)
-            self.exp_avg_sq = torch.zeros(num_tasks, dtype=torch.float64)
         elif self.task_weights.shape[0] != num_tasks:
             raise ValueError(
                 f"{self.name}: state was built for T={self.task_weights.shape[0]} tasks, got "
@@ -106,16 +103,8 @@ class GradNorm(Method):
         gaps = weighted_norms - targets
         grad = torch.sign(gaps) * norms
 
-        self.steps = _optimizer_step(
-            self.optimizer,
-            self.lr,
-            self.task_weights,
-            grad,
-            self.exp_avg,
-            self.exp_avg_sq,
-            self.steps,
-        )
-        self.task_weights.clamp_min_(_MIN_WEIGHT)
+        self._learned.step(grad)
+        self.task_weights.clamp_min_(_MIN_WEIGHT)  # in place: the optimizer's own tensor
         self.task_weights.mul_(num_tasks / self.task_weights.sum())
         return MethodOutput(
             weights=_on_device_of(weights, inp.gramian),
@@ -131,38 +120,45 @@ class GradNorm(Method):
             )
         return list(block_names).index(self.block)
 
+    @property
+    def task_weights(self) -> torch.Tensor | None:
+        """The learned weights [T] the next call uses (None before the first call)."""
+        return None if self._learned is None else self._learned.values
+
     def reset(self) -> None:
-        self.task_weights: torch.Tensor | None = None
+        self._learned: LearnedValues | None = None
         self.initial_losses: torch.Tensor | None = None
-        self.exp_avg: torch.Tensor | None = None
-        self.exp_avg_sq: torch.Tensor | None = None
-        self.steps = 0
 
     def state_dict(self) -> dict[str, Any]:
-        if self.task_weights is None:
+        if self._learned is None:
             return {}
         return {
             "task_weights": self.task_weights.clone(),
             "initial_losses": self.initial_losses.clone(),
-            "exp_avg": self.exp_avg.clone(),
-            "exp_avg_sq": self.exp_avg_sq.clone(),
-            "steps": self.steps,
+            **self._learned.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
         if not state:
             return
-        names = ("task_weights", "initial_losses", "exp_avg", "exp_avg_sq")
-        _check_state_keys(self.name, state, required={*names, "steps"})
-        tensors = [state[name].to("cpu", torch.float64).clone() for name in names]
-        if tensors[0].ndim != 1 or any(t.shape != tensors[0].shape for t in tensors):
+        _check_state_keys(
+            self.name, state,
+            required={"task_weights", "initial_losses", "exp_avg", "exp_avg_sq", "steps"},
+        )
+        task_weights, initial_losses = (
+            state[key].to("cpu", torch.float64) for key in ("task_weights", "initial_losses")
+        )
+        if task_weights.ndim != 1 or initial_losses.shape != task_weights.shape:
             raise ValueError(
-                f"{self.name}: state {list(names)} must all have shape [T], got "
-                f"{[list(t.shape) for t in tensors]}"
+                f"{self.name}: state task_weights, initial_losses must both have shape [T], "
+                f"got {[list(t.shape) for t in (task_weights, initial_losses)]}"
             )
-        self.task_weights, self.initial_losses, self.exp_avg, self.exp_avg_sq = tensors
-        self.steps = int(state["steps"])
+        moments = {key: state[key] for key in ("exp_avg", "exp_avg_sq", "steps")}
+        self._learned = LearnedValues.from_state(
+            self.name, task_weights, moments, self.optimizer, self.lr
+        )
+        self.initial_losses = initial_losses.clone()
 
     def _repr_args(self) -> dict[str, Any]:
         return {

@@ -55,7 +55,6 @@ class GradVac(Method):
 
     name = "gradvac"
     blockwise = True
-    needs_block_gramians = True
 
     def __init__(self, beta: float = 0.01, seed: int = 0, eps: float = 1e-8) -> None:
         _check_number(self.name, "beta", beta, minimum=0.0, maximum=1.0)

@@ -47,7 +47,6 @@ class PCGradLayerwise(PCGrad):
 
     name = "pcgrad_layerwise"
     blockwise = True
-    needs_block_gramians = True
 
     def __call__(self, inp: MethodInput) -> MethodOutput:
         _gramian64(inp, self.name)

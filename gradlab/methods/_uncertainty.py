@@ -16,10 +16,8 @@ from ._base import (
     _gramian64,
     _losses64,
     _on_device_of,
-    _optimizer_step,
 )
-
-_OPTIMIZERS = ("adam", "sgd")
+from ._learned import OPTIMIZERS, LearnedValues
 
 
 class Uncertainty(Method):
@@ -29,15 +27,16 @@ class Uncertainty(Method):
     <https://arxiv.org/abs/1705.07115>`_ (Kendall et al., 2018), in the common form with
     s_i = log σ_i². The step uses the current weights, then takes one optimizer step on s with
     the analytic gradient ∂/∂s_i = 1 - exp(-s_i) L_i (its fixed point is s_i = log L_i), as a
-    joint backward of the weighted loss would. No autograd is involved.
+    joint backward of the weighted loss would; the step is ``torch.optim``'s, given this
+    gradient (no autograd is involved).
 
     Input gramian [T, T] (only its size is used) and losses [T]; output weights [T]
     (float64, on the Gramian's device). State: ``log_vars`` s [T] (zeros at the first call),
-    the Adam moments ``exp_avg``, ``exp_avg_sq`` [T] and ``steps``.
+    the Adam moments ``exp_avg``, ``exp_avg_sq`` [T] (zeros for SGD) and ``steps``.
 
     Args:
         lr: learning rate of s. The encoder's (~1e-5) would leave s frozen, so s has its own.
-        optimizer: "adam" (torch.optim.Adam's update, default betas and eps) or "sgd".
+        optimizer: "adam" (``torch.optim.Adam``, default betas and eps) or "sgd".
 
     Example:
         >>> import torch
@@ -54,7 +53,7 @@ class Uncertainty(Method):
 
     def __init__(self, lr: float = 1e-2, optimizer: str = "adam") -> None:
         _check_number(self.name, "lr", lr, minimum=0.0, exclusive_minimum=True)
-        _check_choice(self.name, "optimizer", optimizer, _OPTIMIZERS)
+        _check_choice(self.name, "optimizer", optimizer, OPTIMIZERS)
         self.lr = lr
         self.optimizer = optimizer
         self.reset()
@@ -62,10 +61,9 @@ class Uncertainty(Method):
     def __call__(self, inp: MethodInput) -> MethodOutput:
         num_tasks = _gramian64(inp, self.name).shape[0]
         losses = _losses64(inp, self.name)
-        if self.log_vars is None:
-            self.log_vars = torch.zeros(num_tasks, dtype=torch.float64)
-            self.exp_avg = torch.zeros(num_tasks, dtype=torch.float64)
-            self.exp_avg_sq = torch.zeros(num_tasks, dtype=torch.float64)
+        if self._learned is None:
+            zeros = torch.zeros(num_tasks, dtype=torch.float64)
+            self._learned = LearnedValues(zeros, self.optimizer, self.lr)
         elif self.log_vars.shape[0] != num_tasks:
             raise ValueError(
                 f"{self.name}: state was built for T={self.log_vars.shape[0]} tasks, got "
@@ -73,44 +71,38 @@ class Uncertainty(Method):
             )
         weights = torch.exp(-self.log_vars)
         grad = 1.0 - weights * losses
-        self.steps = _optimizer_step(
-            self.optimizer, self.lr, self.log_vars, grad, self.exp_avg, self.exp_avg_sq, self.steps
-        )
+        self._learned.step(grad)
         return MethodOutput(weights=_on_device_of(weights, inp.gramian))
 
+    @property
+    def log_vars(self) -> torch.Tensor | None:
+        """The learned log-variances s [T] the next call uses (None before the first call)."""
+        return None if self._learned is None else self._learned.values
+
     def reset(self) -> None:
-        self.log_vars: torch.Tensor | None = None
-        self.exp_avg: torch.Tensor | None = None
-        self.exp_avg_sq: torch.Tensor | None = None
-        self.steps = 0
+        self._learned: LearnedValues | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        if self.log_vars is None:
+        if self._learned is None:
             return {}
-        return {
-            "log_vars": self.log_vars.clone(),
-            "exp_avg": self.exp_avg.clone(),
-            "exp_avg_sq": self.exp_avg_sq.clone(),
-            "steps": self.steps,
-        }
+        return {"log_vars": self.log_vars.clone(), **self._learned.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
         if not state:
             return
-        keys = {"log_vars", "exp_avg", "exp_avg_sq", "steps"}
-        _check_state_keys(self.name, state, required=keys)
-        log_vars, exp_avg, exp_avg_sq = (
-            state[key].to("cpu", torch.float64).clone()
-            for key in ("log_vars", "exp_avg", "exp_avg_sq")
+        _check_state_keys(
+            self.name, state, required={"log_vars", "exp_avg", "exp_avg_sq", "steps"}
         )
-        if log_vars.ndim != 1 or not log_vars.shape == exp_avg.shape == exp_avg_sq.shape:
+        log_vars = state["log_vars"].to("cpu", torch.float64)
+        if log_vars.ndim != 1:
             raise ValueError(
-                f"{self.name}: state log_vars, exp_avg, exp_avg_sq must all have shape [T], got "
-                f"{[list(t.shape) for t in (log_vars, exp_avg, exp_avg_sq)]}"
+                f"{self.name}: state['log_vars'] must have shape [T], got {list(log_vars.shape)}"
             )
-        self.log_vars, self.exp_avg, self.exp_avg_sq = log_vars, exp_avg, exp_avg_sq
-        self.steps = int(state["steps"])
+        moments = {key: state[key] for key in ("exp_avg", "exp_avg_sq", "steps")}
+        self._learned = LearnedValues.from_state(
+            self.name, log_vars, moments, self.optimizer, self.lr
+        )
 
     def _repr_args(self) -> dict[str, Any]:
         return {"lr": self.lr, "optimizer": self.optimizer}
