@@ -1,128 +1,47 @@
-"""The run store: one SQLite file ``run.sqlite`` per run directory, written by `RunWriter`.
+"""Writing a run store: `RunWriter` appends one run's raw facts to ``<run>/run.sqlite``.
 
-It holds raw facts only (config, scalars, per-block Gramians, weights, projection events,
-evals, counterfactuals, checkpoints); every statistic is derived at read time by
-`gradlab.stats` (see `gradlab.run`). WAL mode lets a notebook read while the trainer writes;
-rows are committed in batches, one transaction each, so a run killed at any instant leaves a
-file that opens and holds every step up to the last commit.
-
-Example:
-    >>> import tempfile, numpy as np
-    >>> from pathlib import Path
-    >>> run_dir = Path(tempfile.mkdtemp()) / "demo"
-    >>> with RunWriter(run_dir, name="demo", config={}, tasks=["sst", "para"],
-    ...                blocks=[("layer.0", 10)], method="sum", seed=0,
-    ...                schedule="joint") as writer:
-    ...     writer.log_scalars(0, {"loss": 0.7}, task="sst")
-    >>> conn = open_store_readonly(run_dir)
-    >>> conn.execute("SELECT step, name, task, value FROM scalars").fetchall()
-    [(0, 'loss', 'sst', 0.7)]
-    >>> conn.close()
+WAL mode lets a notebook read while the trainer writes; rows are committed in batches, one
+transaction each, so a run killed at any instant leaves a file that opens and holds every
+step up to the last commit. Tables: `gradlab.store_schema`; reading: `gradlab.store_reader`;
+both re-exported by `gradlab.store`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradlab.store_reader import read_meta
+from gradlab.store_schema import (
+    COLUMNS,
+    ENCODER,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SOURCES,
+    STATUSES,
+    STORE_FILENAME,
+    StoreError,
+    check_choice,
+    check_names,
+)
+
 if TYPE_CHECKING:  # only attributes are read; importing it would pull torch into every reader
     from gradlab.methods._base import ProjectionEvent
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "SOURCES",
-    "STATUSES",
-    "STORE_FILENAME",
-    "RunWriter",
-    "StoreError",
-    "open_store_readonly",
-    "read_meta",
-    "resolve_run_dir",
-    "store_file",
-]
+__all__ = ["RunWriter"]
 
-SCHEMA_VERSION = "1"
-STORE_FILENAME = "run.sqlite"
-SOURCES = ("train", "probe")
-STATUSES = ("running", "finished", "failed", "stopped")
-ENCODER = "encoder"  # the pseudo-block whose Gramian is the sum of the block Gramians
-
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    "scalars": ("step", "name", "task", "value"),
-    "gramians": ("step", "source", "block", "tasks", "data"),
-    "weights": ("step", "source", "method", "block", "task", "value"),
-    "projections": ("step", "block", "task_i", "task_j", "coefficient", "cosine"),
-    "evals": ("step", "split", "task", "metric", "value"),
-    "counterfactuals": ("step", "method", "task", "weight", "predicted_delta", "measured_delta"),
-    "checkpoints": ("step", "kind", "path", "created_at"),
-}
-_TYPES = {
-    "step": "INTEGER", "value": "REAL", "coefficient": "REAL", "cosine": "REAL",
-    "weight": "REAL", "predicted_delta": "REAL", "measured_delta": "REAL", "data": "BLOB",
-}
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT)",
-    *(
-        f"CREATE TABLE IF NOT EXISTS {table}("
-        + ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in cols)
-        + ")"
-        for table, cols in _COLUMNS.items()
-    ),
-    *(f"CREATE INDEX IF NOT EXISTS {t}_step ON {t}(step)" for t in _COLUMNS),
-    "CREATE INDEX IF NOT EXISTS gramians_series ON gramians(source, block, step)",
-]
 _INSERT = {
     table: f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    for table, cols in _COLUMNS.items()
+    for table, cols in COLUMNS.items()
 }
-
-
-class StoreError(Exception):
-    """A run store that cannot be created, written or read; the message names the file."""
-
-    def __init__(self, message: str, path: Path | str | None = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-
-
-def resolve_run_dir(runs_root: Path | str, name: str) -> Path:
-    """The directory of run ``name`` inside ``runs_root``, refusing names that would escape it.
-
-    A run name is one path component: not empty, not '.' or '..', no '/' or '\\', not absolute.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"run name must be a str, got {type(name).__name__} {name!r}")
-    bad = (
-        not name.strip()
-        or name in (".", "..")
-        or any(sep in name for sep in ("/", "\\", "\0"))
-        or Path(name).is_absolute()
-        or Path(name).name != name
-    )
-    if bad:
-        raise ValueError(
-            f"invalid run name {name!r}: it must be a single folder name inside {str(runs_root)!r} "
-            "(not empty, no '/' or '\\', not '.' or '..', not an absolute path)"
-        )
-    root = Path(runs_root)
-    run_dir = root / name
-    if run_dir.resolve().parent != root.resolve():
-        raise ValueError(f"invalid run name {name!r}: {run_dir} resolves outside {root}")
-    return run_dir
-
-
-def store_file(path: Path | str) -> Path:
-    """The ``run.sqlite`` of a run directory, or ``path`` itself when it names a file."""
-    path = Path(path)
-    return path if path.suffix == ".sqlite" or path.is_file() else path / STORE_FILENAME
 
 
 class RunWriter:
@@ -130,10 +49,10 @@ class RunWriter:
 
     Rows are buffered and committed in one transaction every ``commit_every`` distinct steps
     (or once ``commit_seconds`` have passed), always at a step boundary, and on `flush` /
-    `close`; a reader therefore only ever sees whole steps. ``resume=True`` reopens an
-    existing store of the same tasks and blocks (call `truncate_after` with the checkpoint
-    step). Usable as a context manager: an exception closes it with status 'failed'
-    ('stopped' for KeyboardInterrupt).
+    `close`; a reader therefore only ever sees whole steps. ``resume=True`` reopens an existing
+    store of the same tasks and blocks (call `truncate_after` with the checkpoint step). Usable as a
+    context manager: an exception closes it with status 'failed' ('stopped' for
+    KeyboardInterrupt).
     """
 
     def __init__(
@@ -151,9 +70,9 @@ class RunWriter:
         commit_seconds: float = 5.0,
         resume: bool = False,
     ):
-        _check_names("tasks", tasks)
+        check_names("tasks", tasks)
         block_list = [(str(b), int(n)) for b, n in blocks]
-        _check_names("blocks", [b for b, _ in block_list], reserved=(ENCODER, ""))
+        check_names("blocks", [b for b, _ in block_list], reserved=(ENCODER, ""))
         if isinstance(commit_every, bool) or int(commit_every) != commit_every or commit_every < 1:
             raise ValueError(f"commit_every must be an integer >= 1, got {commit_every!r}")
         if not commit_seconds >= 0:
@@ -167,7 +86,7 @@ class RunWriter:
         self.commit_every = int(commit_every)
         self.commit_seconds = float(commit_seconds)
         self._block_names = [b for b, _ in block_list]
-        self._rows: dict[str, list[tuple]] = {table: [] for table in _COLUMNS}
+        self._rows: dict[str, list[tuple]] = {table: [] for table in COLUMNS}
         self._pending_steps: set[int] = set()
         self._current_step: int | None = None
         self._last_commit = time.monotonic()
@@ -197,8 +116,8 @@ class RunWriter:
             "gradlab_version": _gradlab_version(),
             "status": "running",
         }
-        self._conn = self._connect()
         try:
+            self._conn = self._connect()
             if resume:
                 self._check_resumable()
                 meta["resumed_at"] = _now()
@@ -209,8 +128,9 @@ class RunWriter:
                 meta.update(schema_version=SCHEMA_VERSION, created_at=_now())
                 self._write_meta(meta, schema=True)
         except BaseException:
-            self._conn.close()
-            self._conn = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             raise
 
     # -- logging -----------------------------------------------------------------------------
@@ -229,7 +149,7 @@ class RunWriter:
         tasks: Sequence[str],
     ) -> None:
         """Per-block Gramians [B, T, T] of every block, plus block 'encoder' = their sum."""
-        _check_choice("source", source, SOURCES)
+        check_choice("source", source, SOURCES)
         G = np.asarray(block_gramians, dtype="<f8")
         tasks = self._check_tasks(tasks)
         block_names = list(block_names)
@@ -260,7 +180,7 @@ class RunWriter:
         block_names: Sequence[str] | None = None,
     ) -> None:
         """Task weights [T] (block '') or blockwise weights [B, T] (one row per block, task)."""
-        _check_choice("source", source, SOURCES)
+        check_choice("source", source, SOURCES)
         tasks = self._check_tasks(tasks)
         w = np.asarray(weights, dtype=float)
         if w.ndim == 1 and w.shape == (len(tasks),):
@@ -335,19 +255,13 @@ class RunWriter:
 
     def flush(self) -> None:
         """Commit every buffered row in one transaction."""
-        conn = self._require_open()
+        self._require_open()
         n = sum(len(rows) for rows in self._rows.values())
         if n:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._transaction(f"could not write {n} rows to {self.path}") as conn:
                 for table, rows in self._rows.items():
                     if rows:
                         conn.executemany(_INSERT[table], rows)
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise StoreError(f"could not write {n} rows to {self.path}: {e}", self.path) from e
             for rows in self._rows.values():
                 rows.clear()
         self._pending_steps.clear()
@@ -355,27 +269,20 @@ class RunWriter:
 
     def truncate_after(self, step: int) -> None:
         """Delete every row (stored or buffered) with a step after ``step`` (resume point)."""
-        conn = self._require_open()
+        self._require_open()
         step = int(step)
         for rows in self._rows.values():
             rows[:] = [r for r in rows if r[0] <= step]
         self.flush()
         self._current_step = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for table in _COLUMNS:
+        with self._transaction(f"could not truncate {self.path} after step {step}") as conn:
+            for table in COLUMNS:
                 conn.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('truncated_after', ?)", (str(step),))
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                conn.rollback()
-            raise StoreError(f"could not truncate {self.path} after step {step}: {e}",
-                             self.path) from e
 
     def close(self, status: str = "finished") -> None:
         """Commit what is buffered, record ``status`` and close the file (idempotent)."""
-        _check_choice("status", status, STATUSES)
+        check_choice("status", status, STATUSES)
         if self._conn is None:
             return
         try:
@@ -466,82 +373,25 @@ class RunWriter:
             raise StoreError(f"cannot resume {self.path}: " + "; ".join(problems), self.path)
 
     def _write_meta(self, meta: dict[str, str], schema: bool = False) -> None:
-        conn = self._require_open()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA if schema else ():
+        with self._transaction(f"could not write metadata to {self.path}") as conn:
+            for statement in SCHEMA if schema else ():
                 conn.execute(statement)
             conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                              list(meta.items()))
+
+    @contextlib.contextmanager
+    def _transaction(self, failure: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; on a SQLite error roll back and raise StoreError
+        "<failure>: <error>"."""
+        conn = self._require_open()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.rollback()
-            raise StoreError(f"could not write metadata to {self.path}: {e}", self.path) from e
-
-
-def open_store_readonly(path: Path | str, *, timeout: float = 5.0) -> sqlite3.Connection:
-    """A read-only connection to a run store (a run directory or its .sqlite file).
-
-    Opens with a ``mode=ro`` URI, so it never writes the run and works while a `RunWriter`
-    appends; retries for up to ``timeout`` seconds while the file is busy. Raises `StoreError`
-    naming the file when it is missing, not a SQLite database, not a gradlab run store, or of
-    a schema version this gradlab cannot read.
-    """
-    file = store_file(path)
-    if not file.is_file():
-        where = f"{file}" if file.parent.exists() else f"{file} (folder {file.parent} not found)"
-        raise StoreError(f"no run store at {where}", file)
-    uri = "file:" + urllib.parse.quote(str(file.resolve())) + "?mode=ro"
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = None
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=min(timeout, 1.0))
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            break
-        except sqlite3.OperationalError as e:
-            if conn is not None:
-                conn.close()
-            busy = getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY,
-                                                            sqlite3.SQLITE_LOCKED)
-            if busy and time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            if "no such table" in str(e):
-                raise StoreError(f"{file} is not a gradlab run store (no meta table)", file) from e
-            raise StoreError(f"cannot read run store {file}: {e}", file) from e
-        except sqlite3.DatabaseError as e:
-            if conn is not None:
-                conn.close()
-            raise StoreError(f"{file} is corrupt or not a SQLite database: {e}", file) from e
-    if row is None or row[0] != SCHEMA_VERSION:
-        conn.close()
-        found = "none" if row is None else repr(row[0])
-        raise StoreError(f"{file} has run-store schema version {found}; this gradlab reads "
-                         f"version {SCHEMA_VERSION!r}", file)
-    return conn
-
-
-def read_meta(conn: sqlite3.Connection, path: Path | str = "") -> dict[str, str]:
-    """The meta table as a dict of strings (keys: name, tasks, blocks, config, status, ...)."""
-    try:
-        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"cannot read the metadata of run store {path}: {e}", path or None) from e
-
-
-def _check_names(what: str, names: Sequence[str], reserved: Sequence[str] = ()) -> None:
-    names = list(names)
-    bad = [n for n in names if not isinstance(n, str) or n in reserved]
-    if not names or bad or len(set(names)) != len(names):
-        extra = f" other than {list(reserved)}" if reserved else ""
-        raise ValueError(f"{what} must be distinct non-empty strings{extra}, got {names}")
-
-
-def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {list(allowed)}, got {value!r}")
+            raise StoreError(f"{failure}: {e}", self.path) from e
 
 
 def _float(v: Any) -> float | None:
