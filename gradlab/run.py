@@ -86,8 +86,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        """'running' | 'finished' | 'failed' | 'stopped' (a killed run stays 'running')."""
-        return self.reader.meta().get("status", "unknown")
+        """'running' while a process holds the run lock and writes the run; 'dead' when the
+        store says running but nobody holds the lock (killed or crashed: resume it);
+        'finished' | 'failed' | 'stopped' as the writer recorded on closing
+        (`gradlab.store_reader.RUN_STATUSES`)."""
+        return self.reader.status()
 
     # -- Gramian statistics --------------------------------------------------------------------
 

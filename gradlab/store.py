@@ -9,7 +9,8 @@ public face of three parts:
 - `gradlab.store_writer`: `RunWriter`, batched transactions in WAL mode, so a notebook reads
   while the trainer writes and a run killed at any instant leaves a consistent file;
 - `gradlab.store_reader`: `open_store_readonly`, `read_meta`, `StoreReader` (every query that
-  reads a store).
+  reads a store) and `run_status`, which tells a live run from a dead one by the run lock
+  that a writer holds while open (`gradlab.rundir.is_locked`).
 
 Example:
     >>> import tempfile, numpy as np
@@ -19,18 +20,24 @@ Example:
     ...                blocks=[("layer.0", 10)], method="sum", seed=0,
     ...                schedule="joint") as writer:
     ...     writer.log_scalars(0, {"loss": 0.7}, task="sst")
+    ...     run_status(run_dir)
+    'running'
     >>> conn = open_store_readonly(run_dir)
     >>> conn.execute("SELECT step, name, task, value FROM scalars").fetchall()
     [(0, 'loss', 'sst', 0.7)]
     >>> conn.close()
+    >>> run_status(run_dir)
+    'finished'
 """
 
 from __future__ import annotations
 
 from gradlab.store_reader import (
+    RUN_STATUSES,
     StoreReader,
     open_store_readonly,
     read_meta,
+    run_status,
 )
 from gradlab.store_schema import (
     ENCODER,
@@ -46,6 +53,7 @@ from gradlab.store_writer import RunWriter
 
 __all__ = [
     "ENCODER",
+    "RUN_STATUSES",
     "SCHEMA_VERSION",
     "SOURCES",
     "STATUSES",
@@ -56,5 +64,6 @@ __all__ = [
     "open_store_readonly",
     "read_meta",
     "resolve_run_dir",
+    "run_status",
     "store_file",
 ]

@@ -1,4 +1,4 @@
-"""Reading a run store: read-only connections, its metadata and its queries.
+"""Reading a run store: read-only connections, its metadata, its live status and its queries.
 
 Every SQL query that reads a run lives here (`StoreReader`); `gradlab.run` turns the rows into
 statistics and tidy frames. Each call opens a fresh read-only connection, so a reader sees
@@ -16,6 +16,8 @@ Example:
     >>> reader.losses()
        step task  value
     0     0  sst    0.7
+    >>> run_status(run_dir)
+    'finished'
 """
 
 from __future__ import annotations
@@ -33,9 +35,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gradlab import rundir
 from gradlab.store_schema import COLUMNS, SCHEMA_VERSION, StoreError, store_file
 
-__all__ = ["GramianSeries", "StoreReader", "open_store_readonly", "read_meta"]
+__all__ = ["RUN_STATUSES", "GramianSeries", "StoreReader", "open_store_readonly", "read_meta",
+           "run_status"]
+
+#: What `run_status` (and `Run.status`) report. 'running': a process holds the run lock and
+#: writes the run; 'dead': the store says running but no process holds the lock (the writer
+#: was killed, crashed, or died of a full disk; resume it with `gradlab train --resume`);
+#: 'finished', 'failed' (an error ended it), 'stopped' (KeyboardInterrupt): what the writer
+#: recorded when it closed; 'unknown': a store without a recorded status.
+RUN_STATUSES = ("running", "dead", "finished", "failed", "stopped", "unknown")
+
 
 def open_store_readonly(path: Path | str, *, timeout: float = 5.0) -> sqlite3.Connection:
     """A read-only connection to a run store (a run directory or its .sqlite file).
@@ -88,6 +100,24 @@ def read_meta(conn: sqlite3.Connection, path: Path | str = "") -> dict[str, str]
         raise StoreError(f"cannot read the metadata of run store {path}: {e}", path or None) from e
 
 
+def run_status(path: Path | str) -> str:
+    """The status of the run in ``path`` (run directory or store file), one of `RUN_STATUSES`.
+
+    The recorded status, except that a run recorded as 'running' is 'dead' when no process
+    holds its run lock (`gradlab.rundir.is_locked`): a killed writer never records an end.
+    Raises `StoreError` when there is no readable store.
+    """
+    with contextlib.closing(open_store_readonly(path)) as conn:
+        status = read_meta(conn, store_file(path)).get("status", "unknown")
+    return _live(status, store_file(path).parent)
+
+
+def _live(status: str, run_dir: Path) -> str:
+    if status == "running" and rundir.LOCKS_SUPPORTED and not rundir.is_locked(run_dir):
+        return "dead"
+    return status
+
+
 @dataclass
 class GramianSeries:
     """The Gramians of one (source, block, task set) as logged: tasks in logged order."""
@@ -113,6 +143,10 @@ class StoreReader:
         """The meta table (see `read_meta`)."""
         with self._connect() as conn:
             return read_meta(conn, self.store_file)
+
+    def status(self) -> str:
+        """The live status (see `run_status`)."""
+        return _live(self.meta().get("status", "unknown"), self.store_file.parent)
 
     def distinct(self, table: str, column: str) -> list[Any]:
         """The distinct values of ``column`` in ``table`` (e.g. the sources of 'gramians')."""

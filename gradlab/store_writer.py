@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradlab.rundir import RunLock
 from gradlab.store_reader import read_meta
 from gradlab.store_schema import (
     COLUMNS,
@@ -49,8 +50,10 @@ class RunWriter:
 
     Rows are buffered and committed in one transaction every ``commit_every`` distinct steps
     (or once ``commit_seconds`` have passed), always at a step boundary, and on `flush` /
-    `close`; a reader therefore only ever sees whole steps. ``resume=True`` reopens an existing
-    store of the same tasks and blocks (call `truncate_after` with the checkpoint step). Usable as a
+    `close`; a reader therefore only ever sees whole steps. While open it holds the run lock
+    (`gradlab.rundir.RunLock`, shared with a lock this process already holds on the folder),
+    so readers can tell a live run from a dead one. ``resume=True`` reopens an existing store
+    of the same tasks and blocks (call `truncate_after` with the checkpoint step). Usable as a
     context manager: an exception closes it with status 'failed' ('stopped' for
     KeyboardInterrupt).
     """
@@ -104,6 +107,12 @@ class RunWriter:
                 "or choose another run name", self.path)
         if resume and not exists:
             raise StoreError(f"cannot resume: no run store at {self.path}", self.path)
+        self._lock = RunLock(self.run_dir)
+        try:
+            self._lock.__enter__()  # released by close(); raises RunLockedError when held
+        except OSError as e:
+            raise StoreError(f"cannot lock the run folder {self.run_dir}: {e.strerror or e}",
+                             self.run_dir) from e
 
         meta = {
             "name": name,
@@ -131,6 +140,7 @@ class RunWriter:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._lock.__exit__(None, None, None)
             raise
 
     # -- logging -----------------------------------------------------------------------------
@@ -291,6 +301,7 @@ class RunWriter:
         finally:
             self._conn.close()
             self._conn = None
+            self._lock.__exit__(None, None, None)
 
     @property
     def closed(self) -> bool:
