@@ -31,23 +31,10 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "blockwise_update_gramian",
-    "combination_cosine",
-    "condition_number",
-    "conflict",
-    "cosines",
-    "curvature_bounding_measure",
-    "magnitude_similarity",
-    "plane_coordinates",
-    "predicted_loss_change",
-    "rolling_rate",
-    "s_conflict_count",
-    "task_norms",
-    "update_gramian",
-    "update_mean_cosine",
-    "update_norm",
-    "update_statistics",
-    "update_task_cosines",
+    "blockwise_update_gramian", "combination_cosine", "condition_number", "conflict", "cosines",
+    "curvature_bounding_measure", "magnitude_similarity", "plane_coordinates",
+    "predicted_loss_change", "rolling_rate", "s_conflict_count", "task_norms", "update_gramian",
+    "update_mean_cosine", "update_norm", "update_statistics", "update_task_cosines",
 ]
 
 EPS = 1e-12  # norms at or below this are treated as zero gradients

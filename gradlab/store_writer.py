@@ -58,21 +58,10 @@ class RunWriter:
     KeyboardInterrupt).
     """
 
-    def __init__(
-        self,
-        run_dir: Path | str,
-        *,
-        name: str,
-        config: dict[str, Any],
-        tasks: Sequence[str],
-        blocks: Sequence[tuple[str, int]],
-        method: str,
-        seed: int,
-        schedule: str,
-        commit_every: int = 25,
-        commit_seconds: float = 5.0,
-        resume: bool = False,
-    ):
+    def __init__(self, run_dir: Path | str, *, name: str, config: dict[str, Any],
+                 tasks: Sequence[str], blocks: Sequence[tuple[str, int]], method: str, seed: int,
+                 schedule: str, commit_every: int = 25, commit_seconds: float = 5.0,
+                 resume: bool = False):
         check_names("tasks", tasks)
         block_list = [(str(b), int(n)) for b, n in blocks]
         check_names("blocks", [b for b, _ in block_list], reserved=(ENCODER, ""))
@@ -150,14 +139,8 @@ class RunWriter:
         step = self._note_step(step)
         self._rows["scalars"].extend((step, str(k), task, _float(v)) for k, v in values.items())
 
-    def log_gramians(
-        self,
-        step: int,
-        source: str,
-        block_gramians: np.ndarray,
-        block_names: Sequence[str],
-        tasks: Sequence[str],
-    ) -> None:
+    def log_gramians(self, step: int, source: str, block_gramians: np.ndarray,
+                     block_names: Sequence[str], tasks: Sequence[str]) -> None:
         """Per-block Gramians [B, T, T] of every block, plus block 'encoder' = their sum."""
         check_choice("source", source, SOURCES)
         G = np.asarray(block_gramians, dtype="<f8")
@@ -180,15 +163,8 @@ class RunWriter:
         encoder = np.ascontiguousarray(G.sum(axis=0), dtype="<f8")
         rows.append((step, source, ENCODER, tasks_json, encoder.tobytes()))
 
-    def log_weights(
-        self,
-        step: int,
-        source: str,
-        method: str,
-        weights: np.ndarray,
-        tasks: Sequence[str],
-        block_names: Sequence[str] | None = None,
-    ) -> None:
+    def log_weights(self, step: int, source: str, method: str, weights: np.ndarray,
+                    tasks: Sequence[str], block_names: Sequence[str] | None = None) -> None:
         """Task weights [T] (block '') or blockwise weights [B, T] (one row per block, task)."""
         check_choice("source", source, SOURCES)
         tasks = self._check_tasks(tasks)
@@ -229,33 +205,23 @@ class RunWriter:
         self._rows["evals"].extend(
             (step, split, task, str(m), _float(v)) for m, v in metrics.items())
 
-    def log_counterfactual(
-        self,
-        step: int,
-        method: str,
-        tasks: Sequence[str],
-        weights: np.ndarray,
-        predicted: np.ndarray,
-        measured: np.ndarray | None = None,
-    ) -> None:
+    def log_counterfactual(self, step: int, method: str, tasks: Sequence[str],
+                           weights: np.ndarray, predicted: np.ndarray,
+                           measured: np.ndarray | None = None) -> None:
         """What ``method`` would have done at this step: weights [T], predicted ΔL [T],
         measured ΔL [T] (None unless a virtual step ran)."""
         tasks = self._check_tasks(tasks)
         T = len(tasks)
-        arrays = {"weights": weights, "predicted": predicted}
-        if measured is not None:
-            arrays["measured"] = measured
+        arrays = {"weights": weights, "predicted": predicted,
+                  "measured": np.full(T, np.nan) if measured is None else measured}
         arrays = {k: np.asarray(v, dtype=float) for k, v in arrays.items()}
         for k, v in arrays.items():
             if v.shape != (T,):
                 raise ValueError(f"{k} must have shape [T={T}], got {v.shape}")
-        measured_arr = arrays.get("measured", np.full(T, np.nan))
         step = self._note_step(step)
         self._rows["counterfactuals"].extend(
             (step, method, task, _float(w), _float(p), _float(m))
-            for task, w, p, m in zip(
-                tasks, arrays["weights"], arrays["predicted"], measured_arr, strict=True)
-        )
+            for task, w, p, m in zip(tasks, *arrays.values(), strict=True))
 
     def log_checkpoint(self, step: int, kind: str, path: Path | str) -> None:
         step = self._note_step(step)
