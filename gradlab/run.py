@@ -1,4 +1,4 @@
-"""A run read as tidy DataFrames: `load_run(path) -> Run`, `load_runs(paths) -> Runs`.
+"""A run read as tidy DataFrames: `load_run(path) -> Run` (several: `gradlab.runs.load_runs`).
 
 The store holds raw facts; every statistic here is computed at read time by `gradlab.stats`,
 one vectorised call per (source, block) over the stacked Gramians [N, T, T]. Every accessor
