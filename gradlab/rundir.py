@@ -1,9 +1,16 @@
-"""Run folders: refuse to overwrite a run, lock a folder per process, write files atomically."""
+"""Run folders: refuse to overwrite a run, lock a folder per process, write files atomically.
+
+The run lock (`RunLock`, a ``flock`` on ``<run>/.lock``) is held by the process that writes a
+run (the trainer, or a `RunWriter` used on its own) for as long as it writes; the OS releases it
+when that process exits or dies. `is_locked` therefore tells a live writer from a dead one: a
+store that says 'running' while nobody holds the lock belongs to a killed or crashed run.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 try:  # POSIX: an exclusive lock per run folder
@@ -12,6 +19,57 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 _LOCK = ".lock"
+#: False where ``flock`` is missing (Windows): locks are then not taken and `is_locked` is
+#: always False, so nothing can be said about a writer's liveness.
+LOCKS_SUPPORTED = fcntl is not None
+_ACQUIRE_SECONDS = 1.0  # how long RunLock retries: an `is_locked` probe holds a shared lock briefly
+_HELD: dict[Path, list] = {}  # run folders this process has locked: resolved path -> [file, depth]
+
+
+class RunLockedError(RuntimeError):
+    """The run folder is locked by another process (it is training or writing that run)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"the run {run_dir} is being trained by another process")
+        self.run_dir = run_dir
+
+
+def is_locked(run_dir: Path | str) -> bool:
+    """True while some process (this one included) holds the run lock of ``run_dir``.
+
+    A non-blocking probe: it never waits and never creates the lock file. False when the folder
+    has no lock file, when the lock is free, or where locks are not supported (see
+    `LOCKS_SUPPORTED`).
+
+    Example:
+        >>> import tempfile
+        >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+        >>> with RunLock(run_dir):
+        ...     is_locked(run_dir)
+        True
+        >>> is_locked(run_dir)
+        False
+    """
+    run_dir = Path(run_dir)
+    if not LOCKS_SUPPORTED:
+        return False
+    if _key(run_dir) in _HELD:
+        return True
+    try:
+        fd = os.open(run_dir / _LOCK, os.O_RDONLY)
+    except OSError:  # no lock file (never locked), or unreadable: no live writer to be seen
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
@@ -48,11 +106,13 @@ def write_atomic(path: Path, text: str) -> None:
 class RunLock:
     """An exclusive lock on a run folder (flock: the OS releases it when the process dies).
 
-    Creates the folder; removes it again on exit when the run left nothing in it.
+    Creates the folder; removes it again on exit when the run left nothing in it. Re-entrant
+    within one process (a `RunWriter` opened inside the trainer's lock shares it). Raises
+    `RunLockedError` when another process holds it.
     """
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+        self.run_dir = Path(run_dir)
         self.created = False
         self.file = None
 
@@ -64,21 +124,46 @@ class RunLock:
                 raise OSError(err.errno, f"cannot create the run folder {self.run_dir}: "
                                          f"{err.strerror or err}") from None
             self.created = True
+        key = _key(self.run_dir)
+        if key in _HELD:  # this process holds it already
+            _HELD[key][1] += 1
+            self.file = _HELD[key][0]
+            return self
         self.file = open(self.run_dir / _LOCK, "a")  # noqa: SIM115 - held for the whole run
-        if fcntl is not None:
-            try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self.file.close()
-                raise RuntimeError(f"the run {self.run_dir} is being trained by another "
-                                   "process") from None
+        if LOCKS_SUPPORTED:
+            deadline = time.monotonic() + _ACQUIRE_SECONDS
+            while True:
+                try:
+                    fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.02)
+                        continue
+                    self.file.close()
+                    raise RunLockedError(self.run_dir) from None
+                except OSError as err:  # e.g. a file system without locks
+                    self.file.close()
+                    raise OSError(err.errno, f"cannot lock the run folder {self.run_dir}: "
+                                             f"{err.strerror or err}") from None
+        _HELD[key] = [self.file, 1]
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()  # releases the lock
+        key = _key(self.run_dir)
+        held = _HELD.get(key)
+        if held is not None and held[0] is self.file:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[key]
+                self.file.close()  # releases the lock
         if self.created and [p.name for p in self.run_dir.iterdir()] == [_LOCK]:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def _key(run_dir: Path) -> Path:
+    return Path(run_dir).resolve()  # one key however the folder is spelled (relative, symlink)
 
-__all__ = ["RunLock", "check_run_folder", "write_atomic"]
+
+__all__ = ["LOCKS_SUPPORTED", "RunLock", "RunLockedError", "check_run_folder", "is_locked",
+           "write_atomic"]

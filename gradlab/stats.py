@@ -31,21 +31,10 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "combination_cosine",
-    "condition_number",
-    "conflict",
-    "cosines",
-    "curvature_bounding_measure",
-    "magnitude_similarity",
-    "plane_coordinates",
-    "predicted_loss_change",
-    "rolling_rate",
-    "s_conflict_count",
-    "task_norms",
-    "update_gramian",
-    "update_mean_cosine",
-    "update_norm",
-    "update_task_cosines",
+    "blockwise_update_gramian", "combination_cosine", "condition_number", "conflict", "cosines",
+    "curvature_bounding_measure", "magnitude_similarity", "plane_coordinates",
+    "predicted_loss_change", "rolling_rate", "s_conflict_count", "task_norms", "update_gramian",
+    "update_mean_cosine", "update_norm", "update_statistics", "update_task_cosines",
 ]
 
 EPS = 1e-12  # norms at or below this are treated as zero gradients
@@ -205,6 +194,44 @@ def update_gramian(G: np.ndarray, w: np.ndarray) -> np.ndarray:
     out[..., T, :T] = Gw
     out[..., T, T] = _quad(G, w, w)
     return out
+
+
+def blockwise_update_gramian(G: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Gramian of [g_1 .. g_T, d] for a blockwise update d: G [..., B, T, T], W [..., B, T] ->
+    [..., T+1, T+1].
+
+    A blockwise method (PCGrad per layer, GradVac) combines block b's gradients J_b with its
+    own weights w_b, so d = [w_1ᵀJ_1, ..., w_BᵀJ_B]. Blocks are disjoint parameters, so the
+    Gramian is Σ_b update_gramian(G_b, w_b) (summed in block order). A task absent from a
+    block's update has weight 0 there.
+    """
+    G, W = _as_gramian_and_weights(G, W, name="W")
+    if G.ndim < 3 or W.ndim < 2 or G.shape[-3] != W.shape[-2]:
+        raise ValueError(f"G [..., B, T, T] and W [..., B, T] must have the same B, got "
+                         f"{G.shape} and {W.shape}")
+    total = update_gramian(G[..., 0, :, :], W[..., 0, :])
+    for b in range(1, G.shape[-3]):
+        total = total + update_gramian(G[..., b, :, :], W[..., b, :])
+    return total
+
+
+def update_statistics(Gu: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics of the update d from the Gramian Gu [..., T+1, T+1] of (g_1 .. g_T, d).
+
+    Returns {"update_norm": ‖d‖ [...], "cos_update_task": cos(d, g_i) [..., T],
+    "cos_update_mean": cos(d, mean_i g_i) [...]}, NaN where a vector is zero. Gu comes from
+    `update_gramian` (one weight vector) or `blockwise_update_gramian`; d is task T+1.
+    """
+    Gu = _as_gramian(Gu)
+    T = Gu.shape[-1] - 1
+    if T < 1:
+        raise ValueError(f"Gu must have shape [..., T+1, T+1] with T >= 1, got {Gu.shape}")
+    d = np.zeros(T + 1)
+    d[T] = 1.0
+    mean = np.r_[np.full(T, 1.0 / T), 0.0]
+    return {"update_norm": update_norm(Gu, d),
+            "cos_update_task": update_task_cosines(Gu, d)[..., :T],
+            "cos_update_mean": combination_cosine(Gu, d, mean)}
 
 
 def predicted_loss_change(G: np.ndarray, w: np.ndarray, lr: float | np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """gradlab.run: every accessor's columns, values against brute force from the vectors that
-built the run, live reading, load_runs concatenation and error messages."""
+built the run, live reading and status, and error messages (several runs: test_runs.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from helpers_runs import load_synthetic_vectors, make_synthetic_run
 
-from gradlab.run import IDENTITY, Run, Runs, load_run, load_runs
+from gradlab.run import IDENTITY, Run, load_run
 from gradlab.store import RunWriter, StoreError
 
 BLOCKS = ["embeddings", "layer.0", "layer.1"]
@@ -288,59 +288,11 @@ def test_gramian_and_gramian_series(run, vectors):
     np.testing.assert_allclose(series[-1], J @ J.T, rtol=1e-12)
 
 
-# -- several runs ------------------------------------------------------------------------------
-
-
-def test_load_runs_concatenates_with_identity_columns(runs_root):
-    runs = load_runs([runs_root / "pcgrad-s0", runs_root / "layerwise-s1", runs_root / "rr-s2"])
-    assert isinstance(runs, Runs) and len(runs) == 3
-    assert [r.name for r in runs] == ["pcgrad-s0", "layerwise-s1", "rr-s2"]
-    assert runs["rr-s2"].schedule == "round_robin" and runs[0].name == "pcgrad-s0"
-    losses = runs.losses()
-    assert list(losses.columns) == [*IDENTITY, "step", "task", "value"]
-    assert losses.groupby("run").size().to_dict() == {"pcgrad-s0": 180, "layerwise-s1": 180,
-                                                      "rr-s2": 60}
-    assert losses.groupby("run")["method"].first().to_dict() == {
-        "pcgrad-s0": "pcgrad", "layerwise-s1": "pcgrad_layerwise", "rr-s2": "sum"}
-    assert losses.groupby("run")["seed"].first().to_dict() == {
-        "pcgrad-s0": 0, "layerwise-s1": 1, "rr-s2": 2}
-    # round-robin runs log no train Gramians: asking for 'train' reads the other runs
-    train = runs.cosines(source="train")
-    assert set(train["run"]) == {"pcgrad-s0", "layerwise-s1"}
-    probe = runs.conflicts(source="probe", blocks=["encoder"])
-    assert set(probe["run"]) == {"pcgrad-s0", "layerwise-s1", "rr-s2"}
-    assert len(probe) == 3 * 6 * 3
-    assert set(runs.update_stats()["run"]) == {"pcgrad-s0", "layerwise-s1"}
-    # a folder of runs
-    assert [r.name for r in load_runs(runs_root)] == ["layerwise-s1", "pcgrad-s0", "rr-s2"]
-    assert len(load_runs(runs_root / "rr-s2")) == 1
-    assert repr(runs).startswith("Runs(3 runs: pcgrad-s0 (pcgrad, seed 0)")
-
-
-def test_load_runs_errors(runs_root, tmp_path):
-    runs = load_runs(runs_root)
-    with pytest.raises(ValueError, match=r"none of the 3 runs has source \['bogus'\]"):
-        runs.cosines(source="bogus")
-    with pytest.raises(ValueError, match=r"none of the 3 runs has blocks \['layer.7'\]"):
-        runs.cosines(blocks=["encoder", "layer.7"])
-    with pytest.raises(ValueError, match="unique.*pcgrad-s0"):
-        load_runs([runs_root / "pcgrad-s0", runs_root / "pcgrad-s0"])
-    with pytest.raises(ValueError, match="no runs"):
-        load_runs([])
-    with pytest.raises(StoreError, match="no run stores"):
-        load_runs(tmp_path)
-    with pytest.raises(KeyError, match="no run named 'x'"):
-        runs["x"]
-
-
-def test_to_parquet(run, runs_root, tmp_path):
+def test_to_parquet(run, tmp_path):
     out = run.to_parquet(tmp_path / "pq")
     assert sorted(p.stem for p in out.iterdir()) == sorted(DOCUMENTED)
     back = pd.read_parquet(out / "cosines.parquet")
     pd.testing.assert_frame_equal(back, run.cosines(), check_dtype=False)
-    load_runs(runs_root).to_parquet(tmp_path / "all")
-    assert set(pd.read_parquet(tmp_path / "all" / "losses.parquet")["run"]) == {
-        "pcgrad-s0", "layerwise-s1", "rr-s2"}
 
 
 # -- errors --------------------------------------------------------------------------------------

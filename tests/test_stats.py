@@ -415,3 +415,75 @@ def test_invariances(T, seed, scale):
     total = stats.update_gramian(Gb, w).sum(0)
     d = np.concatenate([w[0] @ J[:, :5], w[1] @ J[:, 5:]])
     np.testing.assert_allclose(total, gram(np.vstack([J, d])), rtol=1e-10, atol=1e-10)
+
+
+# -- statistics of the applied update (moved from gradlab.run) -------------------------------
+
+
+def test_update_statistics_pinned():
+    # g_1 = (3, 0), g_2 = (0, 4); the sum d = (3, 4): |d| = 5, cos(d, g) = 3/5, 4/5, and d is
+    # parallel to the mean gradient (1.5, 2).
+    J = np.array([[3.0, 0.0], [0.0, 4.0]])
+    out = stats.update_statistics(stats.update_gramian(gram(J), np.ones(2)))
+    assert set(out) == {"update_norm", "cos_update_task", "cos_update_mean"}
+    np.testing.assert_allclose(out["update_norm"], 5.0)
+    np.testing.assert_allclose(out["cos_update_task"], [0.6, 0.8])
+    np.testing.assert_allclose(out["cos_update_mean"], 1.0)
+
+
+def test_blockwise_update_gramian_pinned():
+    # one coordinate per block: block 0 holds g_1 = (3, .), block 1 holds g_2 = (., 4); the
+    # blockwise weights [[1, 1], [1, -1]] give d = (3 + 0, 0 - 4) = (3, -4).
+    Gb = np.stack([gram(np.array([[3.0], [0.0]])), gram(np.array([[0.0], [4.0]]))])
+    Gu = stats.blockwise_update_gramian(Gb, np.array([[1.0, 1.0], [1.0, -1.0]]))
+    np.testing.assert_allclose(Gu, [[9.0, 0.0, 9.0], [0.0, 16.0, -16.0], [9.0, -16.0, 25.0]])
+    out = stats.update_statistics(Gu)
+    np.testing.assert_allclose(out["update_norm"], 5.0)
+    np.testing.assert_allclose(out["cos_update_task"], [0.6, -0.8])
+    np.testing.assert_allclose(out["cos_update_mean"], (4.5 - 8.0) / (5.0 * 2.5))
+
+
+@pytest.mark.parametrize("T,B,seed", [(1, 1, 0), (2, 3, 1), (3, 4, 2), (5, 2, 3)])
+def test_update_gramian_and_statistics_match_brute_force(T, B, seed):
+    rng = np.random.default_rng(seed)
+    N = 4
+    sizes = rng.integers(1, 9, size=B)
+    J = [rng.standard_normal((N, T, p)) for p in sizes]  # per step and block: J_b [T, P_b]
+    W = rng.normal(size=(N, B, T))
+    Gb = np.stack([np.einsum("ntp,nsp->nts", j, j) for j in J], axis=1)  # [N, B, T, T]
+    Gu = stats.blockwise_update_gramian(Gb, W)
+    assert Gu.shape == (N, T + 1, T + 1)
+    for n in range(N):
+        full = np.concatenate([j[n] for j in J], axis=1)  # [T, P]
+        d = np.concatenate([W[n, b] @ J[b][n] for b in range(B)])
+        np.testing.assert_allclose(Gu[n], gram(np.vstack([full, d])), rtol=1e-10, atol=1e-10)
+        out = stats.update_statistics(Gu[n])
+        np.testing.assert_allclose(out["update_norm"], np.linalg.norm(d), rtol=1e-10)
+        np.testing.assert_allclose(out["cos_update_task"], [bf_cos(d, g) for g in full],
+                                   rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(out["cos_update_mean"], bf_cos(d, full.mean(0)),
+                                   rtol=1e-8, atol=1e-10)
+        # one weight vector for every block is the plain update wᵀJ
+        same = stats.blockwise_update_gramian(Gb[n], np.broadcast_to(W[n, 0], (B, T)))
+        np.testing.assert_allclose(same, stats.update_gramian(gram(full), W[n, 0]),
+                                   rtol=1e-10, atol=1e-10)
+    batched = stats.update_statistics(Gu)  # [N, ...] in one call equals step by step
+    for n in range(N):
+        for key, value in stats.update_statistics(Gu[n]).items():
+            np.testing.assert_array_equal(batched[key][n], value)
+
+
+def test_update_statistics_of_a_zero_update_are_missing():
+    J = np.array([[1.0, 0.0], [-1.0, 0.0]])  # the sum cancels: d = 0
+    out = stats.update_statistics(stats.update_gramian(gram(J), np.ones(2)))
+    assert out["update_norm"] == 0.0
+    assert np.isnan(out["cos_update_task"]).all() and np.isnan(out["cos_update_mean"])
+
+
+def test_update_shape_errors_name_the_parameter():
+    with pytest.raises(ValueError, match=r"W must have shape \[\.\.\., 3\]"):
+        stats.blockwise_update_gramian(np.zeros((2, 3, 3)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="same B"):
+        stats.blockwise_update_gramian(np.zeros((2, 3, 3)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"Gu must have shape \[\.\.\., T\+1, T\+1\]"):
+        stats.update_statistics(np.zeros((1, 1)))

@@ -248,6 +248,7 @@ def test_sigkill_leaves_a_consistent_store(tmp_path):
                 except StoreError:
                     pass
             time.sleep(0.01)
+        assert store.run_status(run_dir) == "running"  # the live writer holds the run lock
         time.sleep(0.013)  # land somewhere inside a batch
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -256,7 +257,9 @@ def test_sigkill_leaves_a_consistent_store(tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     run = load_run(run_dir)
-    assert run.status == "running"  # killed runs never recorded an end
+    # A killed writer never records an end; the lock it held died with it.
+    assert rows(run_dir, "SELECT value FROM meta WHERE key='status'") == [("running",)]
+    assert run.status == "dead" and store.run_status(run_dir) == "dead"
     per_table = {
         "scalars": set(run.scalars()["step"]),
         "losses": set(run.losses()["step"]),
