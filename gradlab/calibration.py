@@ -274,8 +274,7 @@ def moments(G: np.ndarray, num_tasks: int) -> dict[str, np.ndarray]:
         cross = block_sum / K**2
         same = (np.diagonal(block_sum, axis1=-2, axis2=-1) - sq.sum(-2)) / (K * (K - 1)) \
             if K > 1 else np.full(out_sq.shape, np.nan)
-    mu = np.where(eye, same[..., :, None] * eye, cross)
-    mu = np.where(eye & np.isnan(same)[..., :, None], np.nan, mu)
+    mu = np.where(eye, same[..., :, None], cross)  # diagonal: same-task U-statistic
 
     n = np.sqrt(np.clip(sq, 0.0, None))
     valid = sq > EPS
@@ -444,7 +443,8 @@ def pair_frame(gramians: np.ndarray, tasks: Sequence[str], *, level: float = 0.9
     Quantities: "expected_cos" (cos(mu_i, mu_j)), "mu_dot" (mu_i . mu_j), "raw_cos" (mean raw
     cosine of two batch gradients), "raw_cos_sd" (its spread between batch pairs; the
     noise-only band of a raw cosine is +- z times this), "conflict_rate" (Phi(-raw/sd): the
-    share of probes whose raw cosine is < 0; noise alone gives 1/2). Columns: pair ("a-b"),
+    share of probes whose raw cosine is < 0; noise alone gives 1/2; its interval is clipped to
+    [0, 1], that of raw_cos_sd at 0). Columns: pair ("a-b"),
     task_i, task_j, quantity, estimate, lo, hi, n, level, units, reason.
     """
     G, T = _window_and_tasks(gramians, tasks)
@@ -468,8 +468,10 @@ def pair_frame(gramians: np.ndarray, tasks: Sequence[str], *, level: float = 0.9
         for p, (i, j) in enumerate(zip(*iu, strict=True)):
             e, a, b, reason = est[p], lo[p], hi[p], reason_all
             if name == "expected_cos" and (mu_reason[i] or mu_reason[j]):
-                reason = "; ".join(r for r in (mu_reason[i], mu_reason[j]) if r)
+                reason = "; ".join(dict.fromkeys(r for r in (mu_reason[i], mu_reason[j]) if r))
                 e, a, b = np.nan, np.nan, np.nan
+            if name in _BOUNDS:  # a jackknife interval is symmetric: keep it in range
+                a, b = np.clip([a, b], *_BOUNDS[name])
             rows.append(_row(pair=f"{tasks[i]}-{tasks[j]}", task_i=tasks[i], task_j=tasks[j],
                              quantity=name, estimate=e, lo=a, hi=b,
                              n=G.shape[0] * _K(G, T), level=level, units=used, reason=reason))
@@ -508,6 +510,10 @@ def predicted_cosine_frame(gramians: np.ndarray, tasks: Sequence[str], *, batch_
 
 
 # --- private helpers ---------------------------------------------------------------------------
+
+#: ranges that pair_frame's symmetric intervals are clipped to
+_BOUNDS = {"conflict_rate": (0.0, 1.0), "raw_cos_sd": (0.0, np.inf)}
+
 
 
 def _run_all(G, T, stats, level, units):

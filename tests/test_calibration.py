@@ -331,6 +331,8 @@ def test_undetermined_where_the_signal_interval_reaches_zero():
         assert np.isnan(pf.loc[(pair, "expected_cos"), "estimate"])
         assert "|mu|^2" in pf.loc[(pair, "expected_cos"), "reason"]
         assert np.isfinite(pf.loc[(pair, "raw_cos"), "estimate"])  # raw facts stay
+    rates = pf.xs("conflict_rate", level="quantity")
+    assert ((rates[["lo", "hi"]] >= 0) & (rates[["lo", "hi"]] <= 1)).all().all()
     row = pf.loc[("a-b", "expected_cos")]
     assert row.reason == "" and row.lo < row.estimate < row.hi and row.n == 8
 
