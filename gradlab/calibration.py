@@ -89,6 +89,7 @@ __all__ = [
     "noise_traces",
     "num_replicates",
     "pair_frame",
+    "pool",
     "predicted_cosine_frame",
     "predicted_raw_cosines",
     "raw_cosine_sd",
