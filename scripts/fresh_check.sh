@@ -4,7 +4,8 @@
 #   bash scripts/fresh_check.sh            # newest releases; rewrites constraints.txt
 #   bash scripts/fresh_check.sh --oldest   # the lower bounds of pyproject.toml (constraints-oldest.txt)
 #
-# In a new virtual environment (outside the repository) it runs the README's install exactly,
+# In a fresh clone of the committed HEAD (with ../shared beside it, as CI has it) and a new
+# virtual environment, both in a temporary folder, it runs the README's install exactly,
 # then the README's test command on the quick test set, then `gradlab train` on a tiny random
 # BERT and `gradlab figures` on that run at every export width, and prints the versions it
 # used. With the newest releases it writes them to constraints.txt (pip freeze of the venv), the
@@ -30,6 +31,8 @@ done
 work=$(mktemp -d /tmp/gradlab-fresh.XXXXXX)
 [ -n "$venv" ] || venv=$work/venv
 step="start"
+[ -z "$(git status --porcelain --untracked-files=no)" ] \
+  || echo "note: uncommitted changes are not checked; the check runs on HEAD $(git rev-parse --short HEAD)"
 finish() {
   code=$?
   [ "$keep" = 1 ] || rm -rf "$work"
@@ -45,6 +48,11 @@ quiet_pip() {
   grep -v "^WARNING: Location '.*' is ignored" "$work/pip.log" || true
   return $rc
 }
+step="clone HEAD into $work/clone/gradlab"
+git clone -q --no-checkout "$repo" "$work/clone/gradlab"
+git -C "$work/clone/gradlab" checkout -q --detach "$(git rev-parse HEAD)"
+ln -s "$(cd "$repo/.." && pwd)/shared" "$work/clone/shared"
+cd "$work/clone/gradlab"
 step="create the virtual environment $venv"
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
@@ -69,7 +77,7 @@ step="README test command: bash scripts/test.sh ${test_args[*]}"
 echo "== $step"
 bash scripts/test.sh -q -p no:cacheprovider "${test_args[@]}" > "$work/tests.log" 2>&1 \
   || { grep -v "^WARNING: Location" "$work/tests.log" | tail -n 40; exit 1; }
-grep -v "^WARNING: Location" "$work/tests.log" | tail -n 3
+grep -E "[0-9]+ passed" "$work/tests.log" | tail -n 1
 echo "   $((SECONDS - start)) s"
 
 start=$SECONDS
