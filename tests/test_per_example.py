@@ -1,0 +1,283 @@
+"""Per-example Gramians: equal to a loop of batch-1 backward passes into dense rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA_DIR, TINY_ENCODER
+
+from gradlab.data import collate, load_task, special_token_ids, tokenize_texts
+from gradlab.model import MultitaskModel, block_name, load_encoder, load_tokenizer
+from gradlab.per_example import (
+    ExampleGradients,
+    choose_strategy,
+    example_gradients,
+    example_gramians,
+    example_task_cosines,
+    sample_examples,
+)
+from gradlab.tasks import TASKS, task_loss
+
+TASKS3 = ["sst", "para", "sts"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    """A few real dev examples per task: lengths differ, so every batch is padded."""
+    return {t: sample_examples(load_task(t, "dev", data_dir=DATA_DIR), n, seed=1)
+            for t, n in zip(TASKS3, (5, 4, 4), strict=True)}
+
+
+def _model(pair_heads: dict[str, str], pooling: str = "mean", seed: int = 0,
+           **tiny) -> MultitaskModel:
+    encoder = load_encoder("minilm", tiny={**TINY_ENCODER, **tiny}, seed=seed)
+    torch.manual_seed(seed)
+    model = MultitaskModel(encoder, TASKS3, pooling=pooling, pair_heads=pair_heads)
+    return model.double()
+
+
+def _reference(model, examples, tokenizer, max_length=64):
+    """Block names and per-block Gramians [B, N, N] from dense per-example gradient rows:
+    one batch-1 forward and backward per example."""
+    named = model.shared_parameters()
+    names = list(dict.fromkeys(block_name(n) for n, _ in named))
+    special = special_token_ids(tokenizer)
+    rows = []
+    model.eval()
+    for task, data in examples.items():
+        tokenized = tokenize_texts(data, tokenizer)
+        for i in range(len(data)):
+            batch = collate(tokenized, [i], layout=model.layout(task), max_length=max_length,
+                            **special)
+            loss = task_loss(TASKS[task], model(task, batch), batch["labels"].double()
+                             if batch["labels"].is_floating_point() else batch["labels"])
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g
+                     for (_, p), g in zip(named, grads, strict=True)]
+            rows.append({b: torch.cat([g.reshape(-1) for (n, _), g in zip(named, grads,
+                                                                          strict=True)
+                                       if block_name(n) == b]) for b in names})
+    grams = torch.stack([torch.stack([r[b] for r in rows]) @ torch.stack([r[b] for r in rows]).T
+                         for b in names])
+    return tuple(names), grams, rows
+
+
+def _assert_gramians_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-9):
+    # relative to the scale of the entries: |ΔG_ij| <= rtol sqrt(G_ii G_jj) (+ tiny)
+    scale = torch.sqrt(torch.diagonal(expected, dim1=-2, dim2=-1).clamp_min(0))
+    bound = rtol * scale.unsqueeze(-1) * scale.unsqueeze(-2) + 1e-300
+    err = (actual - expected).abs()
+    assert torch.all(err <= bound), f"max relative error {float((err / bound).max()) * rtol:.3g}"
+
+
+@pytest.mark.parametrize("strategy", ["ghost", "dense", "auto"])
+@pytest.mark.parametrize("pair_heads,pooling", [
+    ({"para": "bi", "sts": "cross"}, "mean"),
+    ({"para": "cross", "sts": "bi"}, "cls"),
+])
+def test_gramian_equals_batch_one_loop(examples, tokenizer, strategy, pair_heads, pooling):
+    model = _model(pair_heads, pooling)
+    grads = example_gradients(model, examples, tokenizer=tokenizer, strategy=strategy)
+    names, expected, _ = _reference(model, examples, tokenizer)
+    assert grads.block_names == names == ("embeddings", "layer.0", "layer.1")
+    assert grads.block_gramians.shape == (3, 13, 13)
+    assert grads.block_gramians.dtype == torch.float64
+    for k in range(len(names)):
+        _assert_gramians_close(grads.block_gramians[k], expected[k])
+    _assert_gramians_close(grads.gramian, expected.sum(0))
+    # an off-diagonal entry is not trivially zero: examples share [CLS], [SEP], positions
+    assert (grads.gramian - torch.diag(torch.diagonal(grads.gramian))).abs().max() > 0
+
+
+def test_truncation_and_token_types_and_cosine_head(examples, tokenizer):
+    # max_length truncates the longer inputs; the cosine head has no parameters; the
+    # token-type embeddings see type 1 in the cross-encoded STS pairs
+    model = _model({"para": "cross", "sts": "cosine"}, "mean", seed=3)
+    grads = example_gradients(model, examples, tokenizer=tokenizer, max_length=12)
+    _, expected, _ = _reference(model, examples, tokenizer, max_length=12)
+    for k in range(expected.shape[0]):
+        _assert_gramians_close(grads.block_gramians[k], expected[k])
+
+
+def test_pooler_and_a_frozen_parameter(examples, tokenizer):
+    # a pooler that the model does not use has a zero Gramian; frozen parameters are skipped
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(**{**TINY_ENCODER, "vocab_size": 30522}),
+                        add_pooling_layer=True)
+    encoder.encoder.layer[0].attention.self.query.weight.requires_grad_(False)
+    model = MultitaskModel(encoder, TASKS3).double()
+    grads = example_gradients(model, examples, tokenizer=tokenizer)
+    names, expected, _ = _reference(model, examples, tokenizer)
+    assert names == grads.block_names == ("embeddings", "layer.0", "layer.1", "pooler")
+    for k in range(len(names)):
+        _assert_gramians_close(grads.block_gramians[k], expected[k])
+    assert grads.block_gramians[3].abs().max() == 0
+
+
+def test_blocks_subset_and_rows_follow_the_examples(examples, tokenizer):
+    model = _model({"para": "bi", "sts": "bi"})
+    full = example_gradients(model, examples, tokenizer=tokenizer)
+    part = example_gradients(model, examples, tokenizer=tokenizer, blocks=["layer.1"])
+    assert part.block_names == ("layer.1",)
+    torch.testing.assert_close(part.gramian, full.block_gramians[2], rtol=1e-12, atol=0)
+    assert full.tasks == ["sst"] * 5 + ["para"] * 4 + ["sts"] * 4
+    assert full.ids == [i for d in examples.values() for i in d.ids]
+    assert full.texts[5] == " ||| ".join(examples["para"].texts[0])
+    assert "N=13 (sst=5, para=4, sts=4)" in repr(full)
+    with pytest.raises(ValueError, match=r"blocks \['layer.7'\] are not blocks"):
+        example_gradients(model, examples, tokenizer=tokenizer, blocks=["layer.7"])
+
+
+def test_model_mode_is_restored_and_losses_are_per_example(examples, tokenizer):
+    model = _model({"para": "bi", "sts": "bi"})
+    model.train()
+    grads = example_gradients(model, examples, tokenizer=tokenizer)
+    assert model.training
+    _, _, _ = _reference(model, {"sst": examples["sst"]}, tokenizer)
+    special = special_token_ids(tokenizer)
+    batch = collate(tokenize_texts(examples["sst"], tokenizer), [2], layout="single",
+                    max_length=64, **special)
+    model.eval()
+    with torch.no_grad():
+        loss = task_loss(TASKS["sst"], model("sst", batch), batch["labels"])
+    assert float(grads.losses[2]) == pytest.approx(float(loss), rel=1e-10)
+
+
+def test_bad_arguments(examples, tokenizer):
+    model = _model({"para": "bi", "sts": "bi"})
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        example_gradients(model, examples, tokenizer=tokenizer, strategy="fast")
+    with pytest.raises(ValueError, match="sts_loss must be 'mse'"):
+        example_gradients(model, examples, tokenizer=tokenizer, sts_loss="pearson")
+    with pytest.raises(TypeError, match="non-empty mapping"):
+        example_gradients(model, list(examples.values()), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="model has no head"):
+        example_gradients(model, {"qqp": examples["para"]}, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"n must be in \[1, 5\]"):
+        sample_examples(examples["sst"], 6)
+
+
+def test_choose_strategy_counts_multiply_adds():
+    # short inputs, wide layer: ghost; long inputs: the formed gradients
+    assert choose_strategy(8, 4, 1024, 4096) == "ghost"
+    assert choose_strategy(48, 64, 384, 384) == "dense"
+    assert choose_strategy(48, 64, 384, 384, "ghost") == "ghost"
+
+
+# --- statistics of the Gramian ----------------------------------------------------------------
+
+
+def _brute_force_cosines(rows: np.ndarray, tasks: list[str], names: list[str]) -> np.ndarray:
+    out = np.full((len(rows), len(names)), np.nan)
+    for i in range(len(rows)):
+        for k, t in enumerate(names):
+            others = [j for j in range(len(rows)) if tasks[j] == t and j != i]
+            if not others:
+                continue
+            mean = rows[others].mean(0)
+            out[i, k] = rows[i] @ mean / (np.linalg.norm(rows[i]) * np.linalg.norm(mean))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_leave_one_out_cosines_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(9, 5)) + rng.normal(size=5)
+    tasks = ["a", "a", "b", "c", "b", "a", "c", "c", "b"]
+    if seed == 3:
+        tasks = ["a", "a", "b", "c", "b", "a", "c", "c", "d"]  # d: no other example
+    names = list(dict.fromkeys(tasks))
+    got = example_task_cosines(rows @ rows.T, tasks, names)
+    np.testing.assert_allclose(got, _brute_force_cosines(rows, tasks, names), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_zero_gradient_has_nan_cosines():
+    rows = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [-1.0, 2.0]])
+    got = example_task_cosines(rows @ rows.T, ["a", "a", "b", "b"], ["a", "b"])
+    assert np.isnan(got[1]).all()  # example 1's gradient is zero
+    assert np.isnan(got[0, 0])  # its own task's other example is zero
+    assert got[2, 0] == pytest.approx(1 / np.sqrt(2))
+
+
+def _synthetic(rows: np.ndarray, tasks: list[str]) -> ExampleGradients:
+    G = torch.from_numpy(rows @ rows.T)[None]
+    n = len(tasks)
+    return ExampleGradients(G, ("layer.0",), [f"e{i}" for i in range(n)], tasks,
+                            [f"text {i}" for i in range(n)], np.zeros(n),
+                            torch.arange(n, dtype=torch.float64))
+
+
+def test_alignment_frame_and_extremes():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(10, 6))
+    tasks = ["sst"] * 4 + ["para"] * 3 + ["sts"] * 3
+    grads = _synthetic(rows, tasks)
+    frame = grads.alignment()
+    assert list(frame.columns) == ["example", "task", "target", "pair", "block", "cosine",
+                                   "norm", "loss", "text"]
+    assert len(frame) == 10 * 3
+    cos = _brute_force_cosines(rows, tasks, ["sst", "para", "sts"])
+    got = frame.pivot(index="example", columns="target", values="cosine")
+    for i in range(10):
+        for k, t in enumerate(["sst", "para", "sts"]):
+            assert got.loc[f"e{i}", t] == pytest.approx(cos[i, k])
+    assert frame.loc[frame.example == "e5", "norm"].iloc[0] == pytest.approx(
+        np.linalg.norm(rows[5]))
+    assert set(frame.pair) == {f"{a}→{b}" for a in ("sst", "para", "sts")
+                               for b in ("sst", "para", "sts")}
+
+    top = grads.extremes(k=2)
+    assert list(top.columns) == ["pair", "task", "target", "kind", "rank", "example",
+                                 "cosine", "norm", "loss", "text"]
+    conflicting = top[(top.pair == "sst→para") & (top.kind == "conflicting")]
+    expected = np.argsort(cos[:4, 1])[:2]
+    assert list(conflicting.example) == [f"e{i}" for i in expected]
+    assert list(conflicting["rank"]) == [1, 2]
+    aligned = top[(top.pair == "para→sts") & (top.kind == "aligned")]
+    assert list(aligned.example) == [f"e{4 + i}" for i in np.argsort(-cos[4:7, 2])[:2]]
+    assert len(top) == 9 * 2 * 2
+    assert len(grads.extremes(k=10)) == 2 * (4 * 3 + 3 * 3 + 3 * 3)
+    with pytest.raises(ValueError, match="block must be 'encoder' or one of"):
+        grads.alignment(block="layer.3")
+
+
+def test_per_block_alignment(examples, tokenizer):
+    model = _model({"para": "bi", "sts": "bi"})
+    grads = example_gradients(model, examples, tokenizer=tokenizer)
+    _, _, rows = _reference(model, examples, tokenizer)
+    dense = torch.stack([r["layer.0"] for r in rows]).numpy()
+    frame = grads.alignment(block="layer.0")
+    expected = _brute_force_cosines(dense, grads.tasks, grads.task_names)
+    got = frame.pivot(index="example", columns="target", values="cosine").loc[
+        grads.ids, grads.task_names].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gramian_on_cuda_equals_cpu(examples, tokenizer):
+    model = _model({"para": "bi", "sts": "cross"})
+    cpu = example_gradients(model, examples, tokenizer=tokenizer)
+    gpu = example_gradients(model.cuda(), examples, tokenizer=tokenizer)
+    _assert_gramians_close(gpu.block_gramians, cpu.block_gramians, rtol=1e-9)
+
+
+def test_low_level_gramians_take_collated_batches(examples, tokenizer):
+    model = _model({"para": "bi", "sts": "bi"})
+    special = special_token_ids(tokenizer)
+    batches = {t: collate(tokenize_texts(d, tokenizer), np.arange(len(d)),
+                          layout=model.layout(t), max_length=64, **special)
+               for t, d in examples.items()}
+    names, grams, losses = example_gramians(model, batches)
+    grads = example_gradients(model, examples, tokenizer=tokenizer)
+    assert names == grads.block_names
+    torch.testing.assert_close(grams, grads.block_gramians, rtol=1e-12, atol=0)
+    assert losses.shape == (13,)
