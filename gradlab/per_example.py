@@ -397,12 +397,14 @@ class _Factors:
     """What one module's per-example Gramian needs, for B examples.
 
     x: Linear X [B, L, d_in] or Embedding ids [B, L] (-1: no gradient); d: D [B, L, d_out];
-    vectors: per-example gradients of the small parameters (biases, LayerNorm) [B, k].
+    vectors: per-example gradients of the small parameters (biases, LayerNorm) [B, k];
+    valid: Linear [B, L] bool, the positions that hold tokens.
     """
 
     x: torch.Tensor | None
     d: torch.Tensor | None
     vectors: torch.Tensor | None
+    valid: torch.Tensor | None = None
 
 
 def _factors(module: nn.Module, calls: list[_Call], grads: list[torch.Tensor | None]
@@ -412,7 +414,7 @@ def _factors(module: nn.Module, calls: list[_Call], grads: list[torch.Tensor | N
     if not calls:
         raise RuntimeError(f"{type(module).__name__} was not called in the forward pass")
     batch = calls[0].mask.shape[0]
-    xs, ds, vectors = [], [], []
+    xs, ds, vectors, valid = [], [], [], []
     for call, grad in zip(calls, grads, strict=True):
         mask = call.mask.to(call.output.dtype)
         d = torch.zeros_like(call.output) if grad is None else grad.detach()
@@ -438,29 +440,31 @@ def _factors(module: nn.Module, calls: list[_Call], grads: list[torch.Tensor | N
         if module.weight.requires_grad:
             xs.append(call.inputs * mask.unsqueeze(-1))
             ds.append(d)
+            valid.append(mask > 0)
         if module.bias is not None and module.bias.requires_grad:
             vectors.append(d.sum(1))
     return _Factors(
         x=torch.cat(xs, 1) if xs else None,
         d=torch.cat(ds, 1) if ds else None,
         vectors=torch.stack(vectors).sum(0) if vectors else None,
+        valid=torch.cat(valid, 1) if valid else None,
     )
 
 
 def _joined(parts: list[_Factors]) -> _Factors:
     """The factors of all tasks' examples, padded to the longest sequence."""
-    def cat(tensors, fill):
+    def cat(tensors: list[torch.Tensor | None], fill: Any = 0) -> torch.Tensor | None:
         if tensors[0] is None:
             return None
-        if tensors[0].dim() == 2 and tensors[0].dtype == torch.long:  # ids [B, L]
+        if tensors[0].dim() == 2 and tensors[0].dtype in (torch.long, torch.bool):  # [B, L]
             width = max(t.shape[1] for t in tensors)
             return torch.cat([F.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors])
-        if tensors[0].dim() == 3:
+        if tensors[0].dim() == 3:  # [B, L, d]
             width = max(t.shape[1] for t in tensors)
             return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tensors])
-        return torch.cat(tensors)
-    return _Factors(cat([p.x for p in parts], -1), cat([p.d for p in parts], 0),
-                    cat([p.vectors for p in parts], 0))
+        return torch.cat(tensors)  # [B, k]
+    return _Factors(cat([p.x for p in parts], -1), cat([p.d for p in parts]),
+                    cat([p.vectors for p in parts]), cat([p.valid for p in parts], False))
 
 
 # --- one module's Gramian ---------------------------------------------------------------------
@@ -477,38 +481,42 @@ def _module_gramian(module: nn.Module, f: _Factors, strategy: str) -> torch.Tens
     if f.d is not None:
         if isinstance(module, nn.Embedding):
             gram += _embedding_gramian(f.x, f.d).double()
-        elif choose_strategy(n, f.x.shape[1], f.x.shape[2], f.d.shape[2], strategy) == "ghost":
-            gram += _ghost_gramian(f.x, f.d).double()
+        elif choose_strategy(n, int(f.valid.sum()), f.x.shape[2], f.d.shape[2],
+                             strategy) == "ghost":
+            gram += _ghost_gramian(f.x, f.d, f.valid).double()
         else:
             gram += _dense_gramian(f.x, f.d).double()
     assert gram.dtype == torch.float64 and dtype.is_floating_point
     return gram
 
 
-def choose_strategy(n: int, length: int, d_in: int, d_out: int, strategy: str = "auto") -> str:
+def choose_strategy(n: int, tokens: int, d_in: int, d_out: int, strategy: str = "auto"
+                    ) -> str:
     """"ghost" or "dense" for a Linear weight: the cheaper in multiply-adds unless forced.
 
-    ghost: (n L)² (d_in + d_out); dense (per-example gradients formed): n L d_in d_out +
-    n² d_in d_out.
+    n examples holding ``tokens`` positions in all (S); ghost: S² (d_in + d_out + n);
+    dense (per-example gradients formed): S d_in d_out + n² d_in d_out.
     """
     if strategy != "auto":
         return strategy
-    ghost = (n * length) ** 2 * (d_in + d_out)
-    dense = n * length * d_in * d_out + n * n * d_in * d_out
+    ghost = tokens ** 2 * (d_in + d_out + n)
+    dense = tokens * d_in * d_out + n * n * d_in * d_out
     return "ghost" if ghost < dense else "dense"
 
 
-def _ghost_gramian(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Σ_{s,t} (X_i X_jᵀ)_st (D_i D_jᵀ)_st for all pairs; x [N, L, d_in], d [N, L, d_out]."""
-    n, length = x.shape[:2]
-    xf, df = x.reshape(n * length, -1), d.reshape(n * length, -1)
-    rows = max(1, _CHUNK_ELEMENTS // (n * length * length))  # examples per chunk
-    out = torch.empty(n, n, dtype=x.dtype, device=x.device)
-    for a in range(0, n, rows):
-        b = min(n, a + rows)
-        xx = xf[a * length:b * length] @ xf.T  # [(b-a) L, N L]
-        dd = df[a * length:b * length] @ df.T
-        out[a:b] = (xx * dd).reshape(b - a, length, n, length).sum((1, 3))
+def _ghost_gramian(x: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Σ_{s,t} (X_i X_jᵀ)_st (D_i D_jᵀ)_st for all pairs; x [N, L, d_in], d [N, L, d_out],
+    valid [N, L]: only the S positions that hold tokens take part (packed, no padding)."""
+    n = x.shape[0]
+    example = torch.arange(n, device=x.device).unsqueeze(1).expand_as(valid)[valid]  # [S]
+    xp, dp = x[valid], d[valid]  # [S, d_in], [S, d_out]
+    owner = F.one_hot(example, n).to(x.dtype)  # [S, N]
+    tokens = len(example)
+    rows = max(1, _CHUNK_ELEMENTS // max(tokens, 1))
+    out = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    for a in range(0, tokens, rows):
+        products = (xp[a:a + rows] @ xp.T) * (dp[a:a + rows] @ dp.T)  # [r, S]
+        out.index_add_(0, example[a:a + rows], products @ owner)  # sum over t, then s
     return out
 
 

@@ -167,9 +167,9 @@ def test_bad_arguments(examples, tokenizer):
 
 def test_choose_strategy_counts_multiply_adds():
     # short inputs, wide layer: ghost; long inputs: the formed gradients
-    assert choose_strategy(8, 4, 1024, 4096) == "ghost"
-    assert choose_strategy(48, 64, 384, 384) == "dense"
-    assert choose_strategy(48, 64, 384, 384, "ghost") == "ghost"
+    assert choose_strategy(8, 32, 1024, 4096) == "ghost"
+    assert choose_strategy(48, 48 * 30, 384, 384) == "dense"
+    assert choose_strategy(48, 48 * 30, 384, 384, "ghost") == "ghost"
 
 
 # --- statistics of the Gramian ----------------------------------------------------------------
