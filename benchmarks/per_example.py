@@ -55,26 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench.make_config(args.quick, batch_size=args.per_task, max_length=args.max_length,
                             device=args.device)
     s = bench.build_setup(cfg, seq_len=args.max_length)
-    model, tasks = s.model, s.tasks
-    special = special_token_ids(s.tokenizer)
-    examples = {t: sample_examples(load_task(t, "dev"), args.per_task, seed=0) for t in tasks}
-    batches = {}
-    for t, data in examples.items():
-        batch = collate(tokenize_texts(data, s.tokenizer), np.arange(len(data)),
-                        layout=model.layout(t), max_length=args.max_length, **special)
-        batches[t] = {k: v.to(args.device) for k, v in batch.items()}
+    model = s.model
+    batches, source = example_batches(s, args)
     s.batches = batches  # the summed step trains on the same examples
-    n = sum(len(d) for d in examples.values())
+    n = sum(len(b["labels"]) for b in batches.values())
     shapes = "; ".join(f"{t}: " + ", ".join(f"{k[len('input_ids'):] or 'x'} "
                                             f"{list(v.shape)}" for k, v in b.items()
                                             if k.startswith("input_ids"))
                        for t, b in batches.items())
     encoder = f"tiny random BERT {bench.QUICK_ENCODER}" if args.quick else "MiniLM-L6"
     print(f"encoder: {encoder}; P = {s.num_shared:,} shared values; device {args.device}")
-    print(f"N = {n} real dev examples ({args.per_task} per task); input shapes: {shapes}")
+    print(f"N = {n} {source} ({args.per_task} per task); input shapes: {shapes}")
 
     results: dict = {"n": n, "per_task": args.per_task, "device": args.device,
-                     "input_shapes": shapes, "num_shared": s.num_shared}
+                     "examples": source, "input_shapes": shapes, "num_shared": s.num_shared}
     if not args.no_reference:  # first: the timed steps below change the weights
         results["reference"] = reference_check(model, batches)
         ref = results["reference"]
@@ -103,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         on_step=lambda r, v, t: print(f"  round {r}: {v} {t:.3f} s", file=sys.stderr,
                                       flush=True))
     stats = {v: bench.summarize([r["total"] for r in recs]) for v, recs in records.items()}
+    if args.device.startswith("cuda"):  # peak GPU memory of one call of each variant
+        for variant, fn in steps.items():
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            fn({})
+            stats[variant]["peak_gpu_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
     base = stats["summed"]["median"]
     rows = [{"variant": v, "median_s": st["median"], "iqr_s": st["iqr"], "n": st["n"],
              "ratio": st["median"] / base} for v, st in stats.items()]
@@ -110,11 +110,37 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"variant": "batch1_loop (once)", "median_s": results["reference"]["seconds"],
                      "n": 1, "ratio": results["reference"]["seconds"] / base})
     print()
-    bench.print_table(rows, ["variant", "median_s", "iqr_s", "n", "ratio"])
+    for row in rows:
+        row["peak_gpu_mib"] = stats.get(row["variant"], {}).get("peak_gpu_mib")
+    bench.print_table(rows, ["variant", "median_s", "iqr_s", "n", "ratio", "peak_gpu_mib"])
     results["timings"] = stats
     results["ratios"] = {r["variant"]: r["ratio"] for r in rows}
     bench.finish(header, results, save=not args.no_save)
     return 0
+
+
+def example_batches(s: bench.Setup, args) -> tuple[dict, str]:
+    """--per-task real dev examples per task, collated per task (padded to each task's
+    longest); where the task data cannot be found, random token ids of --max-length."""
+    from gradlab.data import resolve_data_dir
+
+    try:
+        resolve_data_dir()
+    except FileNotFoundError:
+        print("NOTE: no task data folder (set GRADLAB_DATA): random token ids, no padding")
+        batches = bench.random_batches(s.model, s.tasks, batch_size=args.per_task,
+                                       seq_len=args.max_length, special=s.special,
+                                       vocab_size=s.model.encoder.config.vocab_size, seed=0)
+        return {t: {k: v.to(args.device) for k, v in b.items()} for t, b in batches.items()}, \
+            "random-token examples"
+    special = special_token_ids(s.tokenizer)
+    batches = {}
+    for t in s.tasks:
+        data = sample_examples(load_task(t, "dev"), args.per_task, seed=0)
+        batch = collate(tokenize_texts(data, s.tokenizer), np.arange(len(data)),
+                        layout=s.model.layout(t), max_length=args.max_length, **special)
+        batches[t] = {k: v.to(args.device) for k, v in batch.items()}
+    return batches, "real dev examples"
 
 
 def reference_check(model, batches) -> dict:

@@ -281,3 +281,86 @@ def test_low_level_gramians_take_collated_batches(examples, tokenizer):
     assert names == grads.block_names
     torch.testing.assert_close(grams, grads.block_gramians, rtol=1e-12, atol=0)
     assert losses.shape == (13,)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_dry_run(tmp_path):
+    # the GPU script on the CPU: every part runs (or is skipped, saying why) and is summarised
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(root), "GRADLAB_DATA": str(DATA_DIR)}
+    out = tmp_path / "gpu_check"
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run",
+                           "--out", str(out)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    assert "per_example: ok" in summary and "gpu_tests: ok" in summary
+    assert "step_ratio_minilm: ok" in summary
+    assert "FAILED" not in summary and "TIMED OUT" not in summary
+    assert "torch" in (out / "machine.txt").read_text()
+    assert "batch-1 loop" in (out / "per_example.log").read_text()
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["strip", "violin"])
+def test_example_alignment_plot(kind):
+    import matplotlib.pyplot as plt
+
+    from gradlab.plot._examples import example_alignment
+
+    rng = np.random.default_rng(1)
+    grads = _synthetic(rng.normal(size=(12, 8)), ["sst"] * 4 + ["para"] * 4 + ["sts"] * 4)
+    fig, ax = plt.subplots()
+    assert example_alignment(grads, kind=kind, ax=ax) is ax
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["SST", "PARA", "STS"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SST", "PARA", "STS"]
+    assert "12 examples" in ax.get_title(loc="left")
+    if kind == "strip":  # one dot per example and target task
+        from matplotlib.collections import LineCollection, PathCollection
+
+        dots = sum(len(c.get_offsets()) for c in ax.collections
+                   if isinstance(c, PathCollection))
+        assert dots == 12 * 3
+        assert sum(isinstance(c, LineCollection) for c in ax.collections) == 9  # medians
+    frame = grads.alignment()
+    ax2 = example_alignment(frame, pair=["sst→para", "para→sst"], ax=plt.subplots()[1])
+    assert [t.get_text() for t in ax2.get_xticklabels()] == ["SST", "PARA"]
+    with pytest.raises(ValueError, match="kind must be"):
+        example_alignment(grads, kind="bars")
+    with pytest.raises(ValueError, match=r"pair \['sst→qqp'\] not in the data"):
+        example_alignment(grads, pair="sst→qqp")
+    with pytest.raises(ValueError, match="lacks the columns"):
+        example_alignment(frame.drop(columns="cosine"))
+
+
+def test_conflicting_examples_table():
+    from gradlab.plot._examples import conflicting_examples
+
+    rng = np.random.default_rng(2)
+    tasks = ["sst"] * 4 + ["para"] * 4 + ["sts"] * 4
+    grads = _synthetic(rng.normal(size=(12, 8)), tasks)
+    grads.texts[0] = "word " * 200  # long: cut and wrapped
+    fig = conflicting_examples(grads, k=2, width="icml-page")
+    assert fig.get_size_inches()[0] == pytest.approx(6.75)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    top = grads.extremes(k=2)
+    top = top[(top.kind == "conflicting") & (top.pair == "para→sst")]
+    assert "PARA→SST" in texts
+    for cosine in top.cosine:
+        assert f"{cosine:+.3f}" in texts
+    assert not any(t.startswith("word") and len(t) > 250 for t in texts)
+    taller = conflicting_examples(grads, k=4, width="icml-page")
+    assert taller.get_size_inches()[1] > fig.get_size_inches()[1]
+    one = conflicting_examples(grads.extremes(k=1), k=1, pair="sst→sts", kind="aligned")
+    assert "SST→STS" in [t.get_text() for t in one.axes[0].texts]
+    with pytest.raises(ValueError, match="kind must be"):
+        conflicting_examples(grads, kind="worst")
+    with pytest.raises(ValueError, match="width must be"):
+        conflicting_examples(grads, width="a4")
