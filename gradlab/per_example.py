@@ -27,7 +27,7 @@ sentences concatenated; padding masked out):
 Dropout is off (eval mode) while the Gramian is computed, so that an example's gradient is a
 function of the example alone. The statistics are pure functions of G.
 
-Example (run by the tests)::
+Example (the tests do the same on a tiny BERT)::
 
     examples = {t: sample_examples(load_task(t, "dev"), 16, seed=0) for t in tasks}
     grads = example_gradients(model, examples, tokenizer=tokenizer)
@@ -173,7 +173,7 @@ def example_gramians(model: MultitaskModel, batches: Mapping[str, Mapping[str, t
     n = sum(len(x) for x in losses)
     out = torch.zeros(len(chosen), n, n, dtype=torch.float64)
     for name, module, block in modules:
-        gram = _module_gramian(module, _joined(factors.pop(name)), strategy)
+        gram = _module_gramian(module, factors.pop(name), strategy)
         out[chosen.index(block)] += gram.double().cpu()
     return tuple(chosen), out, torch.cat(losses)
 
@@ -470,12 +470,12 @@ def _joined(parts: list[_Factors]) -> _Factors:
 # --- one module's Gramian ---------------------------------------------------------------------
 
 
-def _module_gramian(module: nn.Module, f: _Factors, strategy: str) -> torch.Tensor:
-    """[N, N] Gramian of one module's per-example parameter gradients."""
-    n = (f.d if f.d is not None else f.vectors).shape[0]
-    dtype = (f.d if f.d is not None else f.vectors).dtype
-    gram = torch.zeros(n, n, dtype=torch.float64, device=(f.d if f.d is not None
-                                                           else f.vectors).device)
+def _module_gramian(module: nn.Module, parts: list[_Factors], strategy: str) -> torch.Tensor:
+    """[N, N] Gramian of one module's per-example parameter gradients (parts: per task)."""
+    f = _joined(parts)
+    first = f.d if f.d is not None else f.vectors
+    n = first.shape[0]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=first.device)
     if f.vectors is not None:
         gram += (f.vectors @ f.vectors.T).double()
     if f.d is not None:
@@ -484,9 +484,8 @@ def _module_gramian(module: nn.Module, f: _Factors, strategy: str) -> torch.Tens
         elif choose_strategy(n, int(f.valid.sum()), f.x.shape[2], f.d.shape[2],
                              strategy) == "ghost":
             gram += _ghost_gramian(f.x, f.d, f.valid).double()
-        else:
-            gram += _dense_gramian(f.x, f.d).double()
-    assert gram.dtype == torch.float64 and dtype.is_floating_point
+        else:  # each task's gradients formed at its own padded length
+            gram += _dense_gramian([(p.x, p.d) for p in parts]).double()
     return gram
 
 
@@ -520,14 +519,18 @@ def _ghost_gramian(x: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> tor
     return out
 
 
-def _dense_gramian(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Gramian of the formed per-example gradients D_iᵀ X_i, in chunks of output rows."""
-    n, _, d_in = x.shape
-    d_out = d.shape[2]
+def _dense_gramian(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Gramian of the formed per-example gradients D_iᵀ X_i, in chunks of output rows.
+
+    parts: (x [n_t, L_t, d_in], d [n_t, L_t, d_out]) per task, each at its own length."""
+    n = sum(x.shape[0] for x, _ in parts)
+    x0, d0 = parts[0]
+    d_in, d_out = x0.shape[2], d0.shape[2]
     rows = max(1, _CHUNK_ELEMENTS // (n * d_in))
-    out = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    out = torch.zeros(n, n, dtype=x0.dtype, device=x0.device)
     for a in range(0, d_out, rows):
-        g = torch.bmm(d[:, :, a:a + rows].transpose(1, 2), x).reshape(n, -1)  # [N, r d_in]
+        g = torch.cat([torch.bmm(d[:, :, a:a + rows].transpose(1, 2), x).reshape(len(x), -1)
+                       for x, d in parts])  # [N, r d_in]
         out += g @ g.T
     return out
 

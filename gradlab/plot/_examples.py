@@ -1,20 +1,20 @@
 """Per-example gradient figures: which examples pull with or against each task.
 
-Both functions take an `ExampleGradients` (``gradlab.per_example.example_gradients``) or the
-tidy frame of its `alignment` / `extremes`, draw on ``ax=`` and return the Axes.
+Both take an `ExampleGradients` (``gradlab.per_example.example_gradients``) or the tidy
+frame of its `alignment` / `extremes`.
 
-- `example_alignment`: each example's cosine with each task's mean gradient (leave-one-out),
-  one strip or violin per (example's task → target task) pair, coloured by the target task.
-  The pairs whose target is the example's own task are the reference: how far the examples
-  of a task agree with the rest of it (per-example gradients are mostly noise, so their
-  cosines sit near 0 even within a task); a cross-task pair means something only against it.
-- `conflicting_examples`: a table of the most conflicting (or aligned) examples of each
-  pair, with their text, ready for a paper.
+- `example_alignment` (axes-level: ``ax=`` in, Axes out): each example's cosine with each
+  task's mean gradient (leave-one-out), one strip or violin per (example's task → target
+  task) pair, coloured by the target task. The pairs whose target is the example's own task
+  are the reference: how far the examples of a task agree with the rest of it; a cross-task
+  cosine means something only against that spread.
+- `conflicting_examples` (figure-level: a Figure at a paper width, as tall as its text): the
+  most conflicting (or aligned) examples of each pair, with their text.
 
     >>> from gradlab.per_example import example_gradients
     >>> grads = example_gradients(model, examples, tokenizer=tok)    # doctest: +SKIP
     >>> ax = example_alignment(grads, kind="violin")                 # doctest: +SKIP
-    >>> ax = conflicting_examples(grads, k=3, pair="sst→para")        # doctest: +SKIP
+    >>> fig = conflicting_examples(grads, k=3, pair="sst→para")       # doctest: +SKIP
 """
 
 from __future__ import annotations
