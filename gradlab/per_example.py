@@ -484,8 +484,8 @@ def _module_gramian(module: nn.Module, parts: list[_Factors], strategy: str) -> 
         elif choose_strategy(n, int(f.valid.sum()), f.x.shape[2], f.d.shape[2],
                              strategy) == "ghost":
             gram += _ghost_gramian(f.x, f.d, f.valid).double()
-        else:  # each task's gradients formed at its own padded length
-            gram += _dense_gramian([(p.x, p.d) for p in parts]).double()
+        else:
+            gram += _dense_gramian(f.x, f.d, f.valid).double()
     return gram
 
 
@@ -519,18 +519,30 @@ def _ghost_gramian(x: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> tor
     return out
 
 
-def _dense_gramian(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def _dense_gramian(x: torch.Tensor, d: torch.Tensor, valid: torch.Tensor,
+                   group: int = 16) -> torch.Tensor:
     """Gramian of the formed per-example gradients D_iᵀ X_i, in chunks of output rows.
 
-    parts: (x [n_t, L_t, d_in], d [n_t, L_t, d_out]) per task, each at its own length."""
-    n = sum(x.shape[0] for x, _ in parts)
-    x0, d0 = parts[0]
-    d_in, d_out = x0.shape[2], d0.shape[2]
+    x [N, L, d_in], d [N, L, d_out], valid [N, L]. Padding costs as much as tokens in the
+    products D_iᵀ X_i (a bi-encoder pair is padded on both sentences), so each example's
+    tokens are moved to the front and examples of similar length are formed together, in
+    groups of ``group`` cut to their longest."""
+    n, _, d_in = x.shape
+    d_out = d.shape[2]
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # tokens first
+    x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, d_in))
+    d = torch.gather(d, 1, order.unsqueeze(-1).expand(-1, -1, d_out))
+    counts = valid.sum(1)
+    by_length = torch.argsort(counts)
+    groups = [(idx, max(1, int(counts[idx].max()))) for idx in by_length.split(group)]
     rows = max(1, _CHUNK_ELEMENTS // (n * d_in))
-    out = torch.zeros(n, n, dtype=x0.dtype, device=x0.device)
+    out = torch.zeros(n, n, dtype=x.dtype, device=x.device)
     for a in range(0, d_out, rows):
-        g = torch.cat([torch.bmm(d[:, :, a:a + rows].transpose(1, 2), x).reshape(len(x), -1)
-                       for x, d in parts])  # [N, r d_in]
+        r = min(rows, d_out - a)
+        g = torch.empty(n, r * d_in, dtype=x.dtype, device=x.device)
+        for idx, width in groups:
+            g[idx] = torch.bmm(d[idx, :width, a:a + r].transpose(1, 2),
+                               x[idx, :width]).reshape(len(idx), -1)
         out += g @ g.T
     return out
 
