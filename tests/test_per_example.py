@@ -172,6 +172,48 @@ def test_choose_strategy_counts_multiply_adds():
     assert choose_strategy(48, 48 * 30, 384, 384, "ghost") == "ghost"
 
 
+# --- the per-module kernels against formed gradients, over seeded random families ----------
+
+
+def _random_factors(seed: int, n: int = 6, length: int = 7, d_in: int = 5, d_out: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.rand(n, length, generator=g) < 0.7
+    valid[:, 0] = True
+    x = torch.randn(n, length, d_in, generator=g, dtype=torch.float64) * valid.unsqueeze(-1)
+    d = torch.randn(n, length, d_out, generator=g, dtype=torch.float64) * valid.unsqueeze(-1)
+    return x, d, valid
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ghost_and_dense_kernels_equal_formed_gradients(seed):
+    from gradlab.per_example import _dense_gramian, _ghost_gramian
+
+    x, d, valid = _random_factors(seed)
+    formed = torch.einsum("nle,nld->ned", d, x).reshape(len(x), -1)  # D_iᵀ X_i
+    expected = formed @ formed.T
+    torch.testing.assert_close(_ghost_gramian(x, d, valid), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_dense_gramian(x, d, valid, group=4), expected, rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_embedding_kernel_counts_only_matching_ids(seed):
+    from gradlab.per_example import _embedding_gramian
+
+    g = torch.Generator().manual_seed(seed)
+    n, length, hidden, vocab = 5, 6, 3, 7  # a small vocabulary: many shared ids
+    ids = torch.randint(0, vocab, (n, length), generator=g)
+    ids[torch.rand(n, length, generator=g) < 0.2] = -1  # padding: no gradient
+    d = torch.randn(n, length, hidden, generator=g, dtype=torch.float64)
+    formed = torch.zeros(n, vocab, hidden, dtype=torch.float64)
+    for i in range(n):
+        for s in range(length):
+            if ids[i, s] >= 0:
+                formed[i, ids[i, s]] += d[i, s]
+    expected = formed.reshape(n, -1) @ formed.reshape(n, -1).T
+    torch.testing.assert_close(_embedding_gramian(ids, d), expected, rtol=1e-12, atol=1e-12)
+
+
 # --- statistics of the Gramian ----------------------------------------------------------------
 
 
