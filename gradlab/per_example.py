@@ -12,12 +12,14 @@ sentences concatenated; padding masked out):
 
 - Linear weight (dW_i = D_iᵀ X_i): either the "ghost" product
   <dW_i, dW_j> = Σ_{s,t} (X_i X_jᵀ)_st (D_i D_jᵀ)_st (Goodfellow 2015, arXiv:1510.01799;
-  Li et al. 2021, arXiv:2110.05679; Bu et al. 2022, arXiv:2210.00038), costing
-  (N L)² (d_in + d_out), or the per-example gradients D_iᵀ X_i formed in chunks of output
-  rows, costing N L d_in d_out + N² d_in d_out; ``strategy="auto"`` takes the cheaper one per
-  module (both exact). For a Gramian (all pairs, not only the norms DP training needs) the
-  ghost product pays N² L², so for MiniLM-sized layers and sentence-length inputs the formed
-  gradients are usually cheaper; ghost wins for short inputs and wide layers.
+  Li et al. 2021, arXiv:2110.05679; Bu et al. 2022, arXiv:2210.00038) over the S token
+  positions of all N examples (padding left out), costing S² (d_in + d_out), or the
+  per-example gradients D_iᵀ X_i formed in chunks of output rows, costing
+  S d_in d_out + N² d_in d_out; ``strategy="auto"`` takes the cheaper one per module (both
+  exact, `choose_strategy`). For a Gramian (all pairs, not only the norms DP training needs)
+  the ghost product pays for every pair of positions, so for MiniLM-sized layers and
+  sentence-length inputs the formed gradients are cheaper; ghost wins for short inputs and
+  wide layers.
 - Linear bias (Σ_s D_is), LayerNorm weight (Σ_s D_is ⊙ x̂_is) and bias: per-example vectors.
 - Embeddings (word, position, token type): example i's gradient has row u = Σ_{s: id_is = u}
   D_is, so <dE_i, dE_j> = Σ_{s,t} [id_is = id_jt] D_is·D_jt: only matching ids contribute.
