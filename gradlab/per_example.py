@@ -1,0 +1,580 @@
+"""Exact per-example gradient Gramians over the shared encoder, without per-example gradients.
+
+For N examples from several tasks, the Gramian G [N, N] holds every inner product of their
+per-example gradients on the shared encoder (and per block [B, N, N]: embeddings, layer.0 ...
+layer.N-1, as the gradient engine names them). It costs one forward and one backward per
+task over all of that task's examples: forward hooks keep each parameter module's inputs,
+and one ``torch.autograd.grad`` over the sum of the per-example losses (no reduction across
+examples) returns the gradient D at each module's output, per example. The parameter
+gradients themselves are never formed by autograd. Per module, with example i's inputs
+X_i [L, d_in] and output gradients D_i [L, d_out] (positions of a bi-encoder's two
+sentences concatenated; padding masked out):
+
+- Linear weight (dW_i = D_iᵀ X_i): either the "ghost" product
+  <dW_i, dW_j> = Σ_{s,t} (X_i X_jᵀ)_st (D_i D_jᵀ)_st (Goodfellow 2015, arXiv:1510.01799;
+  Li et al. 2021, arXiv:2110.05679; Bu et al. 2022, arXiv:2210.00038) over the S token
+  positions of all N examples (padding left out), costing S² (d_in + d_out), or the
+  per-example gradients D_iᵀ X_i formed in chunks of output rows, costing
+  S d_in d_out + N² d_in d_out; ``strategy="auto"`` takes the cheaper one per module (both
+  exact, `choose_strategy`). For a Gramian (all pairs, not only the norms DP training needs)
+  the ghost product pays for every pair of positions, so for MiniLM-sized layers and
+  sentence-length inputs the formed gradients are cheaper; ghost wins for short inputs and
+  wide layers.
+- Linear bias (Σ_s D_is), LayerNorm weight (Σ_s D_is ⊙ x̂_is) and bias: per-example vectors.
+- Embeddings (word, position, token type): example i's gradient has row u = Σ_{s: id_is = u}
+  D_is, so <dE_i, dE_j> = Σ_{s,t} [id_is = id_jt] D_is·D_jt: only matching ids contribute.
+  Ids held by one example only add to its diagonal entry; the word embeddings' padding_idx
+  gets no gradient (as in ``nn.Embedding``).
+
+Dropout is off (eval mode) while the Gramian is computed, so that an example's gradient is a
+function of the example alone. The statistics are pure functions of G.
+
+Example (the tests do the same on a tiny BERT)::
+
+    examples = {t: sample_examples(load_task(t, "dev"), 16, seed=0) for t in tasks}
+    grads = example_gradients(model, examples, tokenizer=tokenizer)
+    grads.gramian.shape                        # [48, 48]
+    grads.alignment()                          # cosine of each example with each task's mean
+    grads.extremes(k=5)                        # most conflicting / aligned examples per pair
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradlab.data import TaskExamples, collate, special_token_ids, tokenize_texts
+from gradlab.model import MultitaskModel, block_name
+from gradlab.tasks import TASKS, task_loss
+
+__all__ = [
+    "ExampleGradients",
+    "example_gradients",
+    "example_gramians",
+    "sample_examples",
+]
+
+#: how a Linear weight's Gramian is computed: per module, the cheaper exact way, or one of them
+STRATEGIES = ("auto", "ghost", "dense")
+#: the pseudo-block whose Gramian is the sum of the block Gramians (as in the run store)
+ENCODER = "encoder"
+#: elements of the largest temporary one module's Gramian may build (chunks above it)
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def example_gradients(model: MultitaskModel, examples: Mapping[str, TaskExamples], *,
+                      tokenizer: Any, blocks: Sequence[str] | None = None,
+                      max_length: int = 64, sts_loss: str = "mse",
+                      strategy: str = "auto") -> ExampleGradients:
+    """Per-example gradient Gramian [N, N] and per-block Gramians [B, N, N] of ``examples``.
+
+    examples: task -> TaskExamples (``gradlab.data.load_task`` / ``read_task_file``, or a
+    subset from `sample_examples`); N is the total count, ordered task by task as given.
+    tokenizer: the encoder's tokenizer (``gradlab.model.load_tokenizer``). blocks: names of
+    the encoder blocks to compute (default all); the Gramian is the sum over them.
+    max_length: truncation as in training (``collate``). sts_loss: "mse" only, since
+    1 - Pearson r couples the examples of a batch and has no per-example term.
+    An example's gradient is that of its own loss term (a batch's mean-loss gradient is the
+    mean of its examples' gradients).
+    """
+    if not isinstance(examples, Mapping) or not examples:
+        raise TypeError("examples must be a non-empty mapping task -> TaskExamples, found "
+                        f"{type(examples).__name__}")
+    unknown = [t for t in examples if t not in model.tasks]
+    if unknown:
+        raise ValueError(f"examples has tasks {unknown} that the model has no head for; "
+                         f"model tasks: {model.tasks}")
+    for task, data in examples.items():
+        if not isinstance(data, TaskExamples):
+            raise TypeError(f"examples[{task!r}] must be a TaskExamples, found "
+                            f"{type(data).__name__}")
+        if not data.labelled:
+            raise ValueError(f"examples[{task!r}] has no labels (read from an unlabelled "
+                             "file): a per-example loss needs the label")
+        if len(data) == 0:
+            raise ValueError(f"examples[{task!r}] is empty")
+    special = special_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    batches = {}
+    for task, data in examples.items():
+        # source_stat=None: never served from the file-keyed tokenization cache (a subset)
+        tokenized = tokenize_texts(dataclasses.replace(data, source_stat=None), tokenizer)
+        batch = collate(tokenized, np.arange(len(data)), layout=model.layout(task),
+                        max_length=max_length, **special)
+        batches[task] = {k: v.to(device) for k, v in batch.items()}
+    names, gramians, losses = example_gramians(model, batches, blocks=blocks,
+                                               sts_loss=sts_loss, strategy=strategy)
+    return ExampleGradients(
+        block_gramians=gramians, block_names=names, losses=losses,
+        ids=[i for data in examples.values() for i in data.ids],
+        tasks=[t for t, data in examples.items() for _ in range(len(data))],
+        texts=[" ||| ".join(text) for data in examples.values() for text in data.texts],
+        labels=np.concatenate([np.asarray(d.labels, dtype=np.float64)
+                               for d in examples.values()]),
+    )
+
+
+def example_gramians(model: MultitaskModel, batches: Mapping[str, Mapping[str, torch.Tensor]],
+                     *, blocks: Sequence[str] | None = None, sts_loss: str = "mse",
+                     strategy: str = "auto"
+                     ) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    """(block names, per-block Gramians [B, N, N] float64 on the CPU, losses [N] float64) of
+    the examples of collated batches (task -> ``gradlab.data.collate`` output with labels).
+
+    One forward and one backward per task; the model is in eval mode meanwhile (restored
+    after). Rows follow the batches' order, task by task.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, found {strategy!r}")
+    if sts_loss != "mse":
+        raise ValueError(f"sts_loss must be 'mse' for per-example gradients, found {sts_loss!r}"
+                         ": 1 - Pearson r is a loss of the whole batch, with no per-example "
+                         "term")
+    modules = _parameter_modules(model.encoder)
+    all_blocks = list(dict.fromkeys(block for _, _, block in modules))
+    if blocks is None:
+        chosen = all_blocks
+    else:
+        if isinstance(blocks, str):
+            blocks = [blocks]
+        missing = [b for b in blocks if b not in all_blocks]
+        if missing:
+            raise ValueError(f"blocks {missing} are not blocks of the encoder; its blocks: "
+                             f"{all_blocks}")
+        chosen = [b for b in all_blocks if b in blocks]
+    modules = [m for m in modules if m[2] in chosen]
+
+    factors: dict[str, list[_Factors]] = {name: [] for name, _, _ in modules}
+    losses = []
+    was_training = model.training
+    model.eval()
+    try:
+        for task, batch in batches.items():
+            with _capture(model.encoder, modules) as calls:
+                predictions = model(task, batch)
+            per_example = _per_example_losses(task, predictions, batch["labels"])
+            outputs = [call.output for name in calls for call in calls[name]]
+            grads = torch.autograd.grad(per_example.sum(), outputs, allow_unused=True)
+            it = iter(grads)
+            for name, module, _ in modules:
+                factors[name].append(_factors(module, calls[name], [next(it) for _ in
+                                                                    calls[name]]))
+            losses.append(per_example.detach().double().cpu())
+    finally:
+        model.train(was_training)
+
+    n = sum(len(x) for x in losses)
+    out = torch.zeros(len(chosen), n, n, dtype=torch.float64)
+    for name, module, block in modules:
+        gram = _module_gramian(module, factors.pop(name), strategy)
+        out[chosen.index(block)] += gram.double().cpu()
+    return tuple(chosen), out, torch.cat(losses)
+
+
+def sample_examples(examples: TaskExamples, n: int, *, seed: int = 0) -> TaskExamples:
+    """``n`` examples of ``examples`` drawn without replacement (seeded), in file order."""
+    if not 0 < n <= len(examples):
+        raise ValueError(f"n must be in [1, {len(examples)}], found {n}")
+    rows = np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False))
+    return dataclasses.replace(
+        examples, ids=[examples.ids[i] for i in rows], texts=[examples.texts[i] for i in rows],
+        labels=np.asarray(examples.labels)[rows],
+        line_numbers=[examples.line_numbers[i] for i in rows], source_stat=None)
+
+
+# --- the result -----------------------------------------------------------------------------
+
+
+@dataclass
+class ExampleGradients:
+    """Per-example gradient Gramians of N examples, with who the examples are.
+
+    block_gramians: [B, N, N] float64, one per encoder block (block_names); gramian: their
+    sum [N, N]. ids, tasks, texts (a pair's two sentences joined by " ||| "), labels [N],
+    losses [N]: each example's own loss.
+    """
+
+    block_gramians: torch.Tensor
+    block_names: tuple[str, ...]
+    ids: list[str]
+    tasks: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    losses: torch.Tensor
+    task_names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.task_names = list(dict.fromkeys(self.tasks))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{t}={self.tasks.count(t)}" for t in self.task_names)
+        return (f"ExampleGradients(N={len(self.ids)} ({counts}), "
+                f"blocks={list(self.block_names)})")
+
+    @property
+    def gramian(self) -> torch.Tensor:
+        """[N, N] float64: the Gramian over all computed blocks."""
+        return self.block_gramians.sum(0)
+
+    def block_gramian(self, block: str = ENCODER) -> np.ndarray:
+        """[N, N] Gramian of one block ("encoder": the sum of all)."""
+        if block == ENCODER:
+            return self.gramian.numpy()
+        if block not in self.block_names:
+            raise ValueError(f"block must be 'encoder' or one of {list(self.block_names)}, "
+                             f"found {block!r}")
+        return self.block_gramians[self.block_names.index(block)].numpy()
+
+    def alignment(self, block: str = ENCODER) -> pd.DataFrame:
+        """One row per example x task: the cosine of the example's gradient with the task's
+        mean gradient over the task's other examples (leave-one-out), and the example's norm.
+
+        Columns: example, task, target, pair ("sst→para": example's task → target task),
+        block, cosine, norm, loss, text. The diagonal pairs (target = own task) are the
+        reference: how much an example agrees with the rest of its own task.
+        """
+        G = self.block_gramian(block)
+        cos = example_task_cosines(G, self.tasks, self.task_names)
+        norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+        rows = []
+        for k, target in enumerate(self.task_names):
+            for i in range(len(self.ids)):
+                rows.append((self.ids[i], self.tasks[i], target, f"{self.tasks[i]}→{target}",
+                             block, cos[i, k], norms[i], float(self.losses[i]), self.texts[i]))
+        return pd.DataFrame(rows, columns=["example", "task", "target", "pair", "block",
+                                           "cosine", "norm", "loss", "text"])
+
+    def extremes(self, k: int = 5, block: str = ENCODER) -> pd.DataFrame:
+        """The k most conflicting (lowest cosine) and k most aligned examples of each
+        (task → target) pair, from `alignment`. Columns: pair, task, target, kind
+        ("conflicting" | "aligned"), rank (1 = most), example, cosine, norm, loss, text."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, found {k}")
+        frame = self.alignment(block).dropna(subset=["cosine"])
+        parts = []
+        for _, group in frame.groupby(["task", "target"], sort=False):
+            for kind, ascending in (("conflicting", True), ("aligned", False)):
+                top = group.sort_values("cosine", ascending=ascending, kind="stable").head(k)
+                parts.append(top.assign(kind=kind, rank=np.arange(1, len(top) + 1)))
+        out = pd.concat(parts, ignore_index=True) if parts else frame.head(0).assign(
+            kind=pd.Series(dtype=str), rank=pd.Series(dtype="int64"))
+        return out[["pair", "task", "target", "kind", "rank", "example", "cosine", "norm",
+                    "loss", "text"]]
+
+
+def example_task_cosines(gramian: np.ndarray, tasks: Sequence[str],
+                         task_names: Sequence[str]) -> np.ndarray:
+    """[N, K]: cosine of example i's gradient with the mean gradient of task k's examples,
+    leaving example i out of its own task's mean. NaN where the example's gradient or the
+    mean is zero, or where the task has no other example.
+
+    With m = Σ_{j in k, j != i} g_j: g_i·m = Σ_j G_ij and |m|² = Σ_{j,l} G_jl (the count
+    cancels in the cosine).
+    """
+    G = np.asarray(gramian, dtype=np.float64)
+    labels = np.asarray(tasks)
+    out = np.full((len(labels), len(task_names)), np.nan)
+    diag = np.clip(np.diag(G), 0.0, None)
+    for k, task in enumerate(task_names):
+        member = labels == task
+        row_sums = G[:, member].sum(1)  # g_i · Σ_{j in k} g_j
+        total = G[np.ix_(member, member)].sum()  # |Σ_{j in k} g_j|²
+        dot = row_sums - np.where(member, diag, 0.0)
+        # |Σ_{j != i} g_j|² = total - 2 g_i·Σ_j g_j + |g_i|² for members of k
+        mean_sq = np.where(member, total - 2.0 * row_sums + diag, total)
+        others = member.sum() - member.astype(int)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = dot / np.sqrt(diag * np.clip(mean_sq, 0.0, None))
+        eps = 1e-12 * max(float(diag.max(initial=0.0)), 1e-300)
+        bad = (others == 0) | (diag <= eps) | (mean_sq <= eps)
+        out[:, k] = np.where(bad, np.nan, np.clip(cos, -1.0, 1.0))
+    return out
+
+
+# --- capture: inputs and output gradients of every parameter module --------------------------
+
+
+@dataclass
+class _Call:
+    """One forward call of a module: what its parameter gradient needs, and its output."""
+
+    inputs: torch.Tensor  # Linear: X [B, L, d_in]; LayerNorm: x̂ [B, L, H]; Embedding: ids [B, L]
+    output: torch.Tensor  # [B, L, d_out], still in the graph
+    mask: torch.Tensor  # [B, L] 1 for tokens, 0 for padding
+
+
+def _parameter_modules(encoder: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, block) of every encoder module that owns trainable parameters."""
+    supported = (nn.Linear, nn.LayerNorm, nn.Embedding)
+    found, unsupported = [], []
+    for name, module in encoder.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(module, supported):
+            unsupported.append(f"{name} ({type(module).__name__})")
+            continue
+        blocks = {block_name(f"{name}.{n}") for n, _ in own}
+        assert len(blocks) == 1, (name, blocks)
+        found.append((name, module, blocks.pop()))
+    if unsupported:
+        raise NotImplementedError(
+            "per-example Gramians support Linear, LayerNorm and Embedding parameters; the "
+            f"encoder also trains {unsupported}")
+    if not found:
+        raise ValueError("the encoder has no trainable parameters")
+    return found
+
+
+@contextmanager
+def _capture(encoder: nn.Module, modules: Sequence[tuple[str, nn.Module, str]]):
+    """Record every call of ``modules`` during the forward passes run inside the block."""
+    calls: dict[str, list[_Call]] = {name: [] for name, _, _ in modules}
+    state: dict[str, torch.Tensor] = {}
+
+    def on_encoder(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        shape = ids.shape if ids is not None else embeds.shape[:2]
+        mask = kwargs.get("attention_mask")
+        device = (ids if ids is not None else embeds).device
+        state["mask"] = torch.ones(shape, device=device) if mask is None else mask.float()
+
+    def hook(name):
+        def on_module(module, args, output):
+            mask = state["mask"]
+            x = args[0]
+            if isinstance(module, nn.Embedding) and output.shape[0] != mask.shape[0]:
+                # position ids [1, L] broadcast over the batch: expand, so that the gradient
+                # arriving here is per example rather than summed over the batch
+                output = output.expand(mask.shape[0], *output.shape[1:])
+                x = x.expand(mask.shape[0], *x.shape[1:])
+                calls[name].append(_Call(x, output, mask))
+                return output
+            if isinstance(module, nn.LayerNorm):
+                with torch.no_grad():
+                    x = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+            if x.dim() == 2 and not isinstance(module, nn.Embedding):
+                # one vector per example (e.g. a pooler on [CLS]): one position
+                x, mask = x.unsqueeze(1), mask.new_ones(mask.shape[0], 1)
+            calls[name].append(_Call(x.detach(), output, mask))
+            return None
+        return on_module
+
+    handles = [encoder.register_forward_pre_hook(on_encoder, with_kwargs=True)]
+    handles += [module.register_forward_hook(hook(name)) for name, module, _ in modules]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _per_example_losses(task: str, predictions: torch.Tensor, labels: torch.Tensor
+                        ) -> torch.Tensor:
+    """[B] each example's own loss: the task's loss of a batch of one."""
+    spec = TASKS[task]
+    if predictions.dtype in (torch.float16, torch.bfloat16):
+        predictions = predictions.float()
+    if labels.is_floating_point():
+        labels = labels.to(predictions.dtype)
+    return torch.stack([task_loss(spec, predictions[i:i + 1], labels[i:i + 1])
+                        for i in range(len(labels))])
+
+
+# --- per-example factors of one module --------------------------------------------------------
+
+
+@dataclass
+class _Factors:
+    """What one module's per-example Gramian needs, for B examples.
+
+    x: Linear X [B, L, d_in] or Embedding ids [B, L] (-1: no gradient); d: D [B, L, d_out];
+    vectors: per-example gradients of the small parameters (biases, LayerNorm) [B, k];
+    valid: Linear [B, L] bool, the positions that hold tokens.
+    """
+
+    x: torch.Tensor | None
+    d: torch.Tensor | None
+    vectors: torch.Tensor | None
+    valid: torch.Tensor | None = None
+
+
+def _factors(module: nn.Module, calls: list[_Call], grads: list[torch.Tensor | None]
+             ) -> _Factors:
+    """Per-example factors of a module over its calls (a bi-encoder calls it twice: the
+    positions of both calls are concatenated, as both add to the example's gradient)."""
+    if not calls:
+        raise RuntimeError(f"{type(module).__name__} was not called in the forward pass")
+    batch = calls[0].mask.shape[0]
+    xs, ds, vectors, valid = [], [], [], []
+    for call, grad in zip(calls, grads, strict=True):
+        mask = call.mask.to(call.output.dtype)
+        d = torch.zeros_like(call.output) if grad is None else grad.detach()
+        d = d.reshape(*mask.shape, d.shape[-1])  # [B, d_out] -> [B, 1, d_out]
+        d = d * mask.unsqueeze(-1)  # padded positions carry no gradient of the example
+        if isinstance(module, nn.Embedding):
+            ids = call.inputs.expand(batch, -1).long()
+            drop = mask == 0
+            if module.padding_idx is not None:
+                drop = drop | (ids == module.padding_idx)
+            xs.append(torch.where(drop, torch.full_like(ids, -1), ids))
+            ds.append(d)
+            continue
+        if isinstance(module, nn.LayerNorm):
+            parts = []
+            if module.weight is not None and module.weight.requires_grad:
+                parts.append((d * call.inputs).sum(1).flatten(1))
+            if module.bias is not None and module.bias.requires_grad:
+                parts.append(d.sum(1).flatten(1))
+            vectors.append(torch.cat(parts, 1))
+            continue
+        # Linear
+        if module.weight.requires_grad:
+            xs.append(call.inputs * mask.unsqueeze(-1))
+            ds.append(d)
+            valid.append(mask > 0)
+        if module.bias is not None and module.bias.requires_grad:
+            vectors.append(d.sum(1))
+    return _Factors(
+        x=torch.cat(xs, 1) if xs else None,
+        d=torch.cat(ds, 1) if ds else None,
+        vectors=torch.stack(vectors).sum(0) if vectors else None,
+        valid=torch.cat(valid, 1) if valid else None,
+    )
+
+
+def _joined(parts: list[_Factors]) -> _Factors:
+    """The factors of all tasks' examples, padded to the longest sequence."""
+    def cat(tensors: list[torch.Tensor | None], fill: Any = 0) -> torch.Tensor | None:
+        if tensors[0] is None:
+            return None
+        if tensors[0].dim() == 2 and tensors[0].dtype in (torch.long, torch.bool):  # [B, L]
+            width = max(t.shape[1] for t in tensors)
+            return torch.cat([F.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors])
+        if tensors[0].dim() == 3:  # [B, L, d]
+            width = max(t.shape[1] for t in tensors)
+            return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tensors])
+        return torch.cat(tensors)  # [B, k]
+    return _Factors(cat([p.x for p in parts], -1), cat([p.d for p in parts]),
+                    cat([p.vectors for p in parts]), cat([p.valid for p in parts], False))
+
+
+# --- one module's Gramian ---------------------------------------------------------------------
+
+
+def _module_gramian(module: nn.Module, parts: list[_Factors], strategy: str) -> torch.Tensor:
+    """[N, N] Gramian of one module's per-example parameter gradients (parts: per task)."""
+    f = _joined(parts)
+    first = f.d if f.d is not None else f.vectors
+    n = first.shape[0]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=first.device)
+    if f.vectors is not None:
+        gram += (f.vectors @ f.vectors.T).double()
+    if f.d is not None:
+        if isinstance(module, nn.Embedding):
+            gram += _embedding_gramian(f.x, f.d).double()
+        elif choose_strategy(n, int(f.valid.sum()), f.x.shape[2], f.d.shape[2],
+                             strategy) == "ghost":
+            gram += _ghost_gramian(f.x, f.d, f.valid).double()
+        else:
+            gram += _dense_gramian(f.x, f.d, f.valid).double()
+    return gram
+
+
+def choose_strategy(n: int, tokens: int, d_in: int, d_out: int, strategy: str = "auto"
+                    ) -> str:
+    """"ghost" or "dense" for a Linear weight: the cheaper in multiply-adds unless forced.
+
+    n examples holding ``tokens`` positions in all (S); ghost: S² (d_in + d_out + n);
+    dense (per-example gradients formed): S d_in d_out + n² d_in d_out.
+    """
+    if strategy != "auto":
+        return strategy
+    ghost = tokens ** 2 * (d_in + d_out + n)
+    dense = tokens * d_in * d_out + n * n * d_in * d_out
+    return "ghost" if ghost < dense else "dense"
+
+
+def _ghost_gramian(x: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Σ_{s,t} (X_i X_jᵀ)_st (D_i D_jᵀ)_st for all pairs; x [N, L, d_in], d [N, L, d_out],
+    valid [N, L]: only the S positions that hold tokens take part (packed, no padding)."""
+    n = x.shape[0]
+    example = torch.arange(n, device=x.device).unsqueeze(1).expand_as(valid)[valid]  # [S]
+    xp, dp = x[valid], d[valid]  # [S, d_in], [S, d_out]
+    owner = F.one_hot(example, n).to(x.dtype)  # [S, N]
+    tokens = len(example)
+    rows = max(1, _CHUNK_ELEMENTS // max(tokens, 1))
+    out = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    for a in range(0, tokens, rows):
+        products = (xp[a:a + rows] @ xp.T) * (dp[a:a + rows] @ dp.T)  # [r, S]
+        out.index_add_(0, example[a:a + rows], products @ owner)  # sum over t, then s
+    return out
+
+
+def _dense_gramian(x: torch.Tensor, d: torch.Tensor, valid: torch.Tensor,
+                   group: int = 16) -> torch.Tensor:
+    """Gramian of the formed per-example gradients D_iᵀ X_i, in chunks of output rows.
+
+    x [N, L, d_in], d [N, L, d_out], valid [N, L]. Padding costs as much as tokens in the
+    products D_iᵀ X_i (a bi-encoder pair is padded on both sentences), so each example's
+    tokens are moved to the front and examples of similar length are formed together, in
+    groups of ``group`` cut to their longest."""
+    n, _, d_in = x.shape
+    d_out = d.shape[2]
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # tokens first
+    x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, d_in))
+    d = torch.gather(d, 1, order.unsqueeze(-1).expand(-1, -1, d_out))
+    counts = valid.sum(1)
+    by_length = torch.argsort(counts)
+    groups = [(idx, max(1, int(counts[idx].max()))) for idx in by_length.split(group)]
+    rows = max(1, _CHUNK_ELEMENTS // (n * d_in))
+    out = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    for a in range(0, d_out, rows):
+        r = min(rows, d_out - a)
+        g = torch.empty(n, r * d_in, dtype=x.dtype, device=x.device)
+        for idx, width in groups:
+            g[idx] = torch.bmm(d[idx, :width, a:a + r].transpose(1, 2),
+                               x[idx, :width]).reshape(len(idx), -1)
+        out += g @ g.T
+    return out
+
+
+def _embedding_gramian(ids: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Σ_{s,t} [id_is = id_jt] D_is·D_jt; ids [N, L] (-1: none), d [N, L, H].
+
+    Example i's gradient row for id u is r_iu = Σ_{s: id_is = u} D_is. Ids held by one
+    example only contribute |r_iu|² to the diagonal; the shared ones go through one product.
+    """
+    n, length = ids.shape
+    hidden = d.shape[2]
+    valid = ids >= 0
+    example = torch.arange(n, device=ids.device).unsqueeze(1).expand(n, length)[valid]
+    token = ids[valid]
+    vocab_ids, token_index = torch.unique(token, return_inverse=True)
+    key = example * len(vocab_ids) + token_index
+    pairs, pair_index = torch.unique(key, return_inverse=True)  # (example, id) pairs
+    rows = torch.zeros(len(pairs), hidden, dtype=d.dtype, device=d.device)
+    rows.index_add_(0, pair_index, d[valid])
+    pair_example, pair_token = pairs // len(vocab_ids), pairs % len(vocab_ids)
+    holders = torch.bincount(pair_token, minlength=len(vocab_ids))
+    shared = holders[pair_token] > 1
+    out = torch.zeros(n, n, dtype=d.dtype, device=d.device)
+    alone = ~shared
+    out.diagonal().index_add_(0, pair_example[alone], (rows[alone] ** 2).sum(1))
+    if shared.any():
+        columns, column_index = torch.unique(pair_token[shared], return_inverse=True)
+        dense = torch.zeros(n, len(columns), hidden, dtype=d.dtype, device=d.device)
+        dense[pair_example[shared], column_index] = rows[shared]
+        flat = dense.reshape(n, -1)
+        out += flat @ flat.T
+    return out
