@@ -39,9 +39,9 @@ def _seed_everything():
         sys.modules["matplotlib.pyplot"].close("all")
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path) -> dict:
-    """Config keys for a seconds-long training run on a tiny random BERT."""
+def tiny_config(tmp_path: Path, **changes) -> dict:
+    """Config keys for a seconds-long training run on a tiny random BERT (runs under
+    ``tmp_path / "runs"``), with ``changes`` applied."""
     return {
         "encoder": "minilm",
         "tiny_encoder": dict(TINY_ENCODER),
@@ -56,4 +56,11 @@ def tiny_overrides(tmp_path) -> dict:
         "eval_batch_size": 32,
         "progress": False,
         "threads": 1,  # two processes' thread pools on 2 cores slow each other down badly
+        **changes,
     }
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> dict:
+    """``tiny_config(tmp_path)``: the keys of a seconds-long run on a tiny random BERT."""
+    return tiny_config(tmp_path)
