@@ -6,7 +6,8 @@ trainer's default linear head) with different random labels, each with its own f
 a fresh model (same encoder weights) alternates (random order per round) between:
 
   summed  forward all T tasks, sum the losses, one backward, clip, AdamW
-  pcgrad  the trainer's engine step with PCGrad, the Monitor writing to a real run store
+  pcgrad  the training loop's step with PCGrad (gradlab.step.train_step), the Monitor
+          writing to a real run store
 
 Reported per T: the two medians, their ratio, and the share of the PCGrad step spent in the
 Gramian work (block_gramians + method + write_update), which must stay small.

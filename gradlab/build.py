@@ -108,9 +108,7 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
     tasks = list(cfg.tasks)
     # method and schedule first: their arguments are checked before the data is read
     method = build_method(cfg.method, cfg.method_args, cfg.seed)
-    counterfactuals = {name: build_method(name, seed=derive_seed(cfg.seed, "counterfactual",
-                                                                  name))
-                       for name in cfg.counterfactual_methods}
+    counterfactuals = build_counterfactuals(cfg.counterfactual_methods, cfg.seed)
     total = cfg.optimizer_steps  # steps x tasks for a per-task budget
     schedule = get_schedule(cfg.schedule, len(tasks), total)
 
@@ -200,6 +198,14 @@ def build_method(name: str, args: Mapping[str, Any] | None = None, seed: int = 0
     return get_method(name, **kwargs)
 
 
+def build_counterfactuals(names: Sequence[str], seed: int = 0) -> dict[str, Method]:
+    """The probes' hypothetical methods, default arguments; each seeded method gets its own
+    seed ``derive_seed(seed, "counterfactual", name)``, so none shares the run method's
+    random stream."""
+    return {name: build_method(name, seed=derive_seed(seed, "counterfactual", name))
+            for name in names}
+
+
 def build_data(path: str | Path, reader: ReaderSpec, tokenizer: Any, *, task: str,
                strict: bool = False, limit: int | None = None, eda_fraction: float = 0.0,
                eda_args: Mapping[str, Any] | None = None, seed: int = 0) -> EvalSet:
@@ -275,5 +281,5 @@ def _register_aux_tasks(cfg: TrainConfig) -> None:
         register_aux_task(name, options)
 
 
-__all__ = ["Parts", "build_data", "build_method", "build_model", "build_optimizer",
-           "build_parts", "model_from_config", "split_from_config"]
+__all__ = ["Parts", "build_counterfactuals", "build_data", "build_method", "build_model",
+           "build_optimizer", "build_parts", "model_from_config", "split_from_config"]

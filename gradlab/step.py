@@ -136,12 +136,18 @@ class StepResult:
     fault: str | None = None
 
 
-def train_step(parts: Parts, active_tasks: Sequence[str], step: int) -> StepResult:
+def train_step(parts: Parts, active_tasks: Sequence[str], step: int, *,
+               batches: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> StepResult:
     """Task gradients of the next batch of each active task, the method's weights, the
     update wᵀJ in the shared ``.grad`` and the heads' own gradients, clipped: everything but
-    ``parts.optimizer.step()``. A single task (non-blockwise method) is its own update."""
+    ``parts.optimizer.step()``. A single task (non-blockwise method) is its own update.
+
+    batches: task -> model inputs to use instead of the next batch of ``parts.batchers``
+    (benchmarks and notebooks step on batches of their own).
+    """
     parts.optimizer.zero_grad(set_to_none=True)  # heads; the engine rebinds shared grads
-    batches = [(task, parts.batch(task, next(parts.batchers[task]))) for task in active_tasks]
+    batches = [(task, parts.batch(task, next(parts.batchers[task])) if batches is None
+                else batches[task]) for task in active_tasks]
     grads = task_gradients(parts.model, batches, parts.engine, loss=parts.loss,
                            dist=parts.dist, head_params=parts.head_params)
     result = StepResult(grads.tasks, grads.losses, grads.block_gramians, fault=grads.fault)
