@@ -207,7 +207,7 @@ def interleaved(variants: Sequence[str], rounds: int, seed: int = 0) -> list[tup
 def warm_malloc() -> bool:
     """Ask glibc's malloc to keep freed memory mapped (no heap trimming, mmap only above
     32 MiB), so that a step re-uses pages instead of page-faulting fresh ones. Off by default:
-    the trainer runs with the default allocator. Returns False where it is not glibc."""
+    a run uses the default allocator. Returns False where it is not glibc."""
     import ctypes
 
     try:

@@ -102,6 +102,8 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: bool = Fals
 
 def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
            after_step: Callable[[int, torch.nn.Module], None] | None) -> RunHandle:
+    """The loop. Its parts come from ``build_parts``; of the config it reads only when to
+    evaluate, probe and checkpoint, the non-finite policy, what to log and the run's names."""
     t_start = time.perf_counter()
     checkpoints = run_dir / "checkpoints"
     found = resume_state.find_resume_point(run_dir, cfg) if resume else None  # before loading
