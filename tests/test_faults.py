@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -17,8 +17,6 @@ from safetensors.torch import load_file
 import gradlab
 from gradlab import checkpoint as ckpt
 from gradlab import stats
-from gradlab.build import build_parts
-from gradlab.config import load_config
 from gradlab.methods import METHODS, MethodInput, get_method
 from gradlab.step import train_step
 from gradlab.training import NonFiniteError
@@ -34,12 +32,6 @@ def train(values: dict, hook=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # truncation notices
         return gradlab.train(None, _after_step=hook, **values)
-
-
-def parts_for(tmp_path, **changes):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return build_parts(load_config(None, config(tmp_path, "parts", **changes)))
 
 
 def encoder_param(model, block: str) -> torch.nn.Parameter:
@@ -81,8 +73,8 @@ def nan_gradient_after(step: int, block: str, times: int):
 # --- one step: what train_step reports ---------------------------------------------------------
 
 
-def test_nan_gradient_is_reported_naming_task_and_block(tmp_path):
-    parts = parts_for(tmp_path)
+def test_nan_gradient_is_reported_naming_task_and_block():
+    parts = tiny_parts()
     encoder_param(parts.model, "layer.1").register_hook(poison(1))
     result = train_step(parts, parts.tasks, step=3)
     assert result.fault == "non-finite gradient of task 'sst' in block 'layer.1'"
@@ -90,8 +82,8 @@ def test_nan_gradient_is_reported_naming_task_and_block(tmp_path):
     assert train_step(parts, parts.tasks, step=4).fault is None  # the next step is clean
 
 
-def test_nan_loss_is_reported_naming_the_task(tmp_path):
-    parts = parts_for(tmp_path)
+def test_nan_loss_is_reported_naming_the_task():
+    parts = tiny_parts()
     with torch.no_grad():
         next(parts.model.heads["sts"].parameters()).fill_(math.nan)
     result = train_step(parts, parts.tasks, step=0)
@@ -99,8 +91,8 @@ def test_nan_loss_is_reported_naming_the_task(tmp_path):
     assert result.block_gramians is None and result.weights is None
 
 
-def test_nan_head_gradient_is_reported(tmp_path):
-    parts = parts_for(tmp_path)
+def test_nan_head_gradient_is_reported():
+    parts = tiny_parts()
     next(parts.model.heads["para"].parameters()).register_hook(poison(1))
     result = train_step(parts, parts.tasks, step=0)
     assert result.fault == "non-finite gradient in the task heads"
@@ -291,8 +283,8 @@ class _NoSharedGradient(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method", ["pcgrad", "mgda", "imtl_g", "gradnorm"])
-def test_a_step_with_a_zero_task_gradient(tmp_path, method):
-    parts = parts_for(tmp_path, method=method)
+def test_a_step_with_a_zero_task_gradient(method):
+    parts = tiny_parts(method=method)
     parts.model.heads["para"] = _NoSharedGradient(parts.model.heads["para"])
     for step in range(3):  # stateful methods (gradnorm) see the zero gradient repeatedly
         result = train_step(parts, parts.tasks, step)

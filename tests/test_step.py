@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_parts
 
-from gradlab.build import build_method, build_parts
-from gradlab.config import load_config
+from gradlab.build import build_method
 from gradlab.engine import GradientEngine
 from gradlab.methods import MethodInput
 from gradlab.model import block_name
 from gradlab.step import TaskLoss, task_gradients, train_step
 
 
-def parts_for(tmp_path, **changes):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # truncation notices
-        parts = build_parts(load_config(None, tiny_config(tmp_path, train_limit=32,
-                                                          max_length=24, **changes)))
+def eval_parts(**changes):
+    parts = tiny_parts(**changes)
     parts.model.eval()  # dropout off: brute force sees the same function
     return parts
 
@@ -46,8 +41,8 @@ def engine_for(model, rows: int) -> GradientEngine:
     return GradientEngine([p for _, p in shared], [block_name(n) for n, _ in shared], rows)
 
 
-def test_task_gradients_rows_equal_per_task_autograd_in_the_order_given(tmp_path):
-    parts = parts_for(tmp_path)
+def test_task_gradients_rows_equal_per_task_autograd_in_the_order_given():
+    parts = eval_parts()
     # K = 2 batches of SST and one of STS, interleaved: one J row per pair, in order
     batches = [("sst", parts.batch("sst", next(parts.batchers["sst"]))),
                ("sts", parts.batch("sts", next(parts.batchers["sts"]))),
@@ -65,8 +60,8 @@ def test_task_gradients_rows_equal_per_task_autograd_in_the_order_given(tmp_path
     torch.testing.assert_close(grads.losses, torch.tensor(losses, dtype=torch.float64))
 
 
-def test_views_are_still_the_grad_after_backward(tmp_path):
-    parts = parts_for(tmp_path)
+def test_views_are_still_the_grad_after_backward():
+    parts = eval_parts()
     batches = [(t, parts.probe_batches[t]) for t in parts.tasks]
     task_gradients(parts.model, batches, parts.engine, loss=parts.loss)
     parts.engine.check_bound(len(batches) - 1)  # autograd accumulated into J in place
@@ -75,16 +70,16 @@ def test_views_are_still_the_grad_after_backward(tmp_path):
         assert p.grad.untyped_storage().data_ptr() == last.untyped_storage().data_ptr()
 
 
-def test_task_gradients_refuses_more_batches_than_rows(tmp_path):
-    parts = parts_for(tmp_path)
+def test_task_gradients_refuses_more_batches_than_rows():
+    parts = eval_parts()
     batches = [(t, parts.probe_batches[t]) for t in parts.tasks] * 2
     with pytest.raises(ValueError, match=r"batches: expected 1 to 3 \(task, batch\) pairs"):
         task_gradients(parts.model, batches, parts.engine)
 
 
-@pytest.mark.parametrize("method", ["sum", "pcgrad", "imtl_g", "pcgrad_layerwise"])
-def test_train_step_applies_the_method_to_the_brute_force_gramian(tmp_path, method):
-    parts = parts_for(tmp_path, method=method, max_grad_norm=None)
+@pytest.mark.parametrize("method", ["sum", "pcgrad", "pcgrad_layerwise"])
+def test_train_step_applies_the_method_to_the_brute_force_gramian(method):
+    parts = eval_parts(method=method, max_grad_norm=None)
     twins = copy.deepcopy(parts.batchers)  # the batches train_step will draw
     batches = [(t, parts.batch(t, next(twins[t]))) for t in parts.tasks]
     J, heads = brute_force(parts.model, batches, parts.loss)
@@ -116,9 +111,9 @@ def test_train_step_applies_the_method_to_the_brute_force_gramian(tmp_path, meth
                                                    .norm()))
 
 
-def test_sum_step_equals_the_gradient_of_the_summed_loss(tmp_path):
+def test_sum_step_equals_the_gradient_of_the_summed_loss():
     """Per-task gradients cost what the summed loss costs, and give the same update."""
-    parts = parts_for(tmp_path, max_grad_norm=None)
+    parts = eval_parts(max_grad_norm=None)
     twins = copy.deepcopy(parts.batchers)
     batches = {t: parts.batch(t, next(twins[t])) for t in parts.tasks}
     total = sum(parts.loss(parts.model, t, b, smart=False)[0] for t, b in batches.items())
@@ -130,8 +125,8 @@ def test_sum_step_equals_the_gradient_of_the_summed_loss(tmp_path):
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_a_single_task_step_is_its_own_update_and_leaves_other_heads_alone(tmp_path):
-    parts = parts_for(tmp_path, schedule="round_robin", method="pcgrad")
+def test_a_single_task_step_is_its_own_update_and_leaves_other_heads_alone():
+    parts = eval_parts(schedule="round_robin", method="pcgrad")
     positions = {t: b.state_dict()["position"] for t, b in parts.batchers.items()}
     result = train_step(parts, ["para"], step=1)
     assert result.fault is None and result.output is None
@@ -143,8 +138,8 @@ def test_a_single_task_step_is_its_own_update_and_leaves_other_heads_alone(tmp_p
     assert moved == {"sst": 0, "para": 4, "sts": 0}  # only the active task drew a batch
 
 
-def test_train_step_clips_the_update(tmp_path):
-    parts = parts_for(tmp_path, max_grad_norm=1e-3)
+def test_train_step_clips_the_update():
+    parts = eval_parts(max_grad_norm=1e-3)
     result = train_step(parts, parts.tasks, step=0)
     norm = torch.stack([p.grad.norm() for p in parts.model.parameters() if p.grad is not None])
     assert result.grad_norm > 1e-3  # the norm before clipping

@@ -48,6 +48,8 @@ def test_cli_train_each_schedule_then_evaluate_and_predict(tmp_path, tiny_overri
     if schedule == "sequential":
         assert losses.sort_values("step")["task"].tolist() == ["sst"] * 2 + ["para"] * 2 + \
             ["sts"] * 2
+    if (schedule, method) != ("joint", "sum"):
+        return  # reading a checkpoint back does not depend on how it was trained
     # the saved metrics equal what `evaluate` computes from the reloaded checkpoint
     capsys.readouterr()
     assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "progress=false"]) == 0
@@ -62,20 +64,20 @@ def test_cli_train_each_schedule_then_evaluate_and_predict(tmp_path, tiny_overri
                  "--out", str(out), "progress=false"]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id\tPredicted_Similarity" and len(lines) == 864
-    if schedule == "joint" and method == "sum":  # a test file: the dev file without labels
-        unlabelled = tmp_path / "sts-test.csv"
-        unlabelled.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in
-                                      dev.read_text(encoding="utf-8").splitlines()),
-                              encoding="utf-8")
-        out_test = tmp_path / "pred-test.tsv"
-        assert main(["predict", str(run_dir), "--task", "sts", "--input", str(unlabelled),
-                     "--out", str(out_test), "progress=false"]) == 0
-        assert out_test.read_text() == out.read_text()
+    # a test file: the dev file without labels
+    unlabelled = tmp_path / "sts-test.csv"
+    unlabelled.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in
+                                  dev.read_text(encoding="utf-8").splitlines()),
+                          encoding="utf-8")
+    out_test = tmp_path / "pred-test.tsv"
+    assert main(["predict", str(run_dir), "--task", "sts", "--input", str(unlabelled),
+                 "--out", str(out_test), "progress=false"]) == 0
+    assert out_test.read_text() == out.read_text()
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path, tiny_overrides):
-    a = gradlab.train(None, **{**tiny_overrides, "name": "a", "method": "pcgrad"})
-    b = gradlab.train(None, **{**tiny_overrides, "name": "b", "method": "pcgrad"})
+    a = gradlab.train(None, **{**tiny_overrides, "name": "a", "method": "pcgrad", "steps": 3})
+    b = gradlab.train(None, **{**tiny_overrides, "name": "b", "method": "pcgrad", "steps": 3})
     ra, rb = a.load(), b.load()
     pd_a, pd_b = ra.losses()["value"].to_numpy(), rb.losses()["value"].to_numpy()
     np.testing.assert_array_equal(pd_a, pd_b)
