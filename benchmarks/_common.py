@@ -3,9 +3,10 @@ and the two training steps being compared.
 
 - ``summed_step``: the classic step (forward every task, sum the losses, one backward, clip,
   AdamW step), with autograd's own ``.grad`` tensors and no engine.
-- ``EngineStep``: the step exactly as ``gradlab.trainer`` runs it for a joint schedule
-  (bind_row + backward per task, block Gramians, method, write_update, clip, AdamW step,
-  then the Monitor writing to a real run store), timing each phase.
+- ``EngineStep``: the step as the training loop runs it for a joint schedule: the public
+  ``gradlab.step.train_step`` (bind_row + backward per task, block Gramians, method,
+  write_update, clip), AdamW and scheduler steps, then the Monitor writing to a real run
+  store, timing each phase by observing the engine's and the method's calls.
 
 Scripts import this module first: it puts the repository root on ``sys.path`` so that
 ``python benchmarks/NAME.py`` works from a checkout without installing gradlab.
@@ -25,7 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,7 @@ def interleaved(variants: Sequence[str], rounds: int, seed: int = 0) -> list[tup
 def warm_malloc() -> bool:
     """Ask glibc's malloc to keep freed memory mapped (no heap trimming, mmap only above
     32 MiB), so that a step re-uses pages instead of page-faulting fresh ones. Off by default:
-    the trainer runs with the default allocator. Returns False where it is not glibc."""
+    a run uses the default allocator. Returns False where it is not glibc."""
     import ctypes
 
     try:
@@ -227,7 +228,7 @@ def minor_faults() -> int:
 
 
 def make_config(quick: bool, tasks: Sequence[str] = TASK_NAMES, **overrides: Any):
-    """A TrainConfig with the trainer's defaults (MiniLM, or the tiny BERT with --quick)."""
+    """A TrainConfig with the training defaults (MiniLM, or the tiny BERT with --quick)."""
     from gradlab.config import load_config
 
     values: dict[str, Any] = {"tasks": list(tasks), "progress": False, "seed": 0}
@@ -291,41 +292,81 @@ def batch_shape_note(model, tasks: Sequence[str], batch_size: int, seq_len: int)
 
 @dataclass
 class Setup:
-    """Model, optimizer, scheduler and fixed batches of one benchmark process."""
+    """The run's parts (``gradlab.build.Parts``: model, engine, AdamW with the run's parameter
+    groups, LR schedule, method) and the fixed batches of one benchmark process."""
 
     cfg: Any
-    model: Any
-    tokenizer: Any
-    tasks: list[str]
+    parts: Any
     batches: dict[str, dict[str, torch.Tensor]]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    special: dict[str, int]
+
+    @property
+    def model(self):
+        return self.parts.model
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.parts.tasks
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.parts.optimizer
+
+    @property
+    def scheduler(self):
+        return self.parts.scheduler
+
+    @property
+    def special(self) -> dict[str, int]:
+        return self.parts.special
 
     @property
     def num_shared(self) -> int:
         return sum(p.numel() for _, p in self.model.shared_parameters())
 
 
-def build_setup(cfg, *, seq_len: int = 64, seed: int = 0) -> Setup:
-    """The trainer's model, AdamW (its parameter groups) and LR schedule, plus fixed batches."""
+def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -> Setup:
+    """The run's parts from gradlab's builders (no data read: fixed random batches instead;
+    no engine yet: ``make_engine`` allocates one, so that memory.py can measure it)."""
     from transformers import get_linear_schedule_with_warmup
 
+    from gradlab.build import (
+        Parts,
+        build_counterfactuals,
+        build_method,
+        build_optimizer,
+        model_from_config,
+    )
     from gradlab.data import special_token_ids
-    from gradlab.trainer import _optimizer, build_model
+    from gradlab.schedules import get_schedule
+    from gradlab.step import TaskLoss
 
     torch.manual_seed(cfg.seed)
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = model_from_config(cfg)
     model.train()
     special = special_token_ids(tokenizer)
     tasks = list(cfg.tasks)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                encoder_lr=cfg.encoder_lr,
+                                encoder_weight_decay=cfg.encoder_weight_decay)
+    # A long schedule: the LR never reaches 0 during a benchmark.
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10**6)
+    parts = Parts(
+        tasks=tasks, model=model, tokenizer=tokenizer, special=special, train_sets={},
+        dev_sets={}, batchers={}, probe_batches={}, engine=None, optimizer=optimizer,
+        scheduler=scheduler, method_name=method,
+        method=build_method(method, seed=cfg.seed),
+        counterfactuals=build_counterfactuals(cfg.counterfactual_methods, cfg.seed),
+        schedule=get_schedule("joint", len(tasks), 10**6), total_steps=10**6,
+        loss=TaskLoss(sts_loss=cfg.sts_loss), max_length=cfg.max_length,
+        max_grad_norm=cfg.max_grad_norm, device=cfg.device)
+    parts.probe_batches = random_batches(model, tasks, batch_size=cfg.probe_batch_size,
+                                         seq_len=seq_len, special=special,
+                                         vocab_size=model.encoder.config.vocab_size,
+                                         seed=seed + 1)
     batches = random_batches(model, tasks, batch_size=cfg.batch_size, seq_len=seq_len,
                              special=special, vocab_size=model.encoder.config.vocab_size,
                              seed=seed)
-    optimizer = _optimizer(model, cfg)
-    # A long schedule: the LR never reaches 0 during a benchmark.
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10**6)
-    return Setup(cfg, model, tokenizer, tasks, batches, optimizer, scheduler, special)
+    return Setup(cfg, parts, batches)
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -338,8 +379,8 @@ def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
     set_to_none: PyTorch's default zero_grad (autograd allocates fresh .grad tensors every
     step); False zeroes the previous step's .grad tensors in place instead.
     """
+    from gradlab.step import clip_gradients
     from gradlab.tasks import TASKS, task_loss
-    from gradlab.trainer import _clip
 
     t0 = time.perf_counter()
     s.optimizer.zero_grad(set_to_none=set_to_none)
@@ -349,7 +390,7 @@ def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
         raise FloatingPointError("non-finite summed loss")
     total.backward()
     t1 = time.perf_counter()
-    _clip(s.model, s.cfg.max_grad_norm)
+    clip_gradients(s.model, s.cfg.max_grad_norm)
     s.optimizer.step()
     s.scheduler.step()
     t2 = time.perf_counter()
@@ -358,81 +399,92 @@ def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
         timings["optimizer"] = t2 - t1
 
 
+#: phases of an engine step; "forward_backward" is the rest of ``train_step`` (forward and
+#: backward passes, loss and gradient checks, clipping)
 ENGINE_PHASES = ("forward_backward", "gramian", "method", "update", "optimizer", "monitor")
 
 
 @dataclass
 class EngineStep:
-    """One method's engine step, as the trainer's joint loop runs it (gradlab/trainer.py)."""
+    """One method's step as the training loop runs it for a joint schedule:
+    ``gradlab.step.train_step`` (the public step itself), AdamW and scheduler steps, then the
+    Monitor. The Gramian, method and update phases are timed by observing the engine's and
+    the method's calls (wrappers that time them), not by a copy of the step."""
 
     setup: Setup
     method_name: str
-    engine: Any
-    method: Any
+    parts: Any
     monitor: Any = None
     writer: Any = None
     step: int = 0
-    method_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, timings: dict[str, float] | None = None) -> None:
-        from gradlab.tasks import TASKS, task_loss
-        from gradlab.trainer import _clip, _method_input, _nonfinite_block
+        from gradlab.step import train_step
 
-        s, engine, tasks = self.setup, self.engine, self.setup.tasks
-        t0 = time.perf_counter()
-        s.optimizer.zero_grad(set_to_none=True)  # heads; the engine rebinds shared grads
-        losses = torch.full((len(tasks),), math.nan, dtype=torch.float64)
-        for row, task in enumerate(tasks):
-            batch = s.batches[task]
-            engine.bind_row(row)
-            loss = task_loss(TASKS[task], s.model(task, batch), batch["labels"], s.cfg.sts_loss)
-            losses[row] = loss.item()
-            if not math.isfinite(losses[row]):
-                raise FloatingPointError(f"non-finite loss for task {task!r}")
-            loss.backward()
-        t1 = time.perf_counter()
-        block_gramians = engine.block_gramians(len(tasks))  # [B, T, T]
-        fault = _nonfinite_block(block_gramians, engine.block_names, tasks)
-        if fault is not None:
-            raise FloatingPointError(fault)
-        t2 = time.perf_counter()
-        output = self.method(_method_input(block_gramians.sum(0), block_gramians, engine,
-                                           losses, self.step))
-        if not bool(torch.isfinite(output.weights).all()):
-            raise FloatingPointError(f"{self.method_name} returned non-finite task weights")
-        t3 = time.perf_counter()
-        engine.write_update(output.weights, len(tasks))
-        t4 = time.perf_counter()
-        clip = _clip(s.model, s.cfg.max_grad_norm)
+        s, parts = self.setup, self.parts
+        observed = dict.fromkeys(("gramian", "method", "update"), 0.0)
+        with _timed(parts.engine, "block_gramians", observed, "gramian"), \
+                _timed(parts.engine, "write_update", observed, "update"), \
+                _timed(parts, "method", observed, "method"):
+            t0 = time.perf_counter()
+            result = train_step(parts, s.tasks, self.step, batches=s.batches)
+            t1 = time.perf_counter()
+        if result.fault is not None:
+            raise FloatingPointError(f"{self.method_name}: {result.fault}")
         lr = s.scheduler.get_last_lr()[0]
         s.optimizer.step()
         s.scheduler.step()
-        t5 = time.perf_counter()
+        t2 = time.perf_counter()
         if self.monitor is not None:
-            self.monitor.train_step(self.step, tasks, losses, output.weights, output,
-                                    block_gramians, lr=lr, grad_norm=clip, step_time=t5 - t0)
-        t6 = time.perf_counter()
+            self.monitor.train_step(self.step, s.tasks, result.losses, result.weights,
+                                    result.output, result.block_gramians, lr=lr,
+                                    grad_norm=result.grad_norm, step_time=t2 - t0)
+        t3 = time.perf_counter()
         self.step += 1
         if timings is not None:
-            for name, (a, b) in zip(ENGINE_PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4),
-                                                    (t4, t5), (t5, t6)), strict=True):
-                timings[name] = b - a
+            timings["forward_backward"] = t1 - t0 - sum(observed.values())
+            timings.update(observed)
+            timings["optimizer"] = t2 - t1
+            timings["monitor"] = t3 - t2
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def method_kwargs(name: str, seed: int = 0) -> dict[str, Any]:
-    """The keyword arguments the trainer passes (a seed for the methods that draw orders)."""
-    import inspect
+class _timed:
+    """Within the block, calls of ``owner.name`` add their duration to ``timings[key]``."""
 
-    from gradlab.methods import METHODS
+    def __init__(self, owner: Any, name: str, timings: dict[str, float], key: str) -> None:
+        self.owner, self.name, self.timings, self.key = owner, name, timings, key
 
-    return {"seed": seed} if "seed" in inspect.signature(METHODS[name]).parameters else {}
+    def __enter__(self) -> None:
+        inner = getattr(self.owner, self.name)
+        self.had_own = self.name in vars(self.owner)
+        self.inner = inner
+
+        class Timed:
+            def __call__(_, *args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return inner(*args, **kwargs)
+                finally:
+                    self.timings[self.key] += time.perf_counter() - t0
+
+            def __getattr__(_, attr: str) -> Any:  # e.g. a method's ``blockwise``
+                return getattr(inner, attr)
+
+        setattr(self.owner, self.name, Timed())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.had_own:
+            setattr(self.owner, self.name, self.inner)
+        else:
+            delattr(self.owner, self.name)
 
 
 def make_engine(s: Setup):
+    """A gradient engine for the setup's model: allocates J [T, P] and the update [P]."""
     from gradlab.engine import GradientEngine
     from gradlab.model import block_name
 
@@ -443,15 +495,18 @@ def make_engine(s: Setup):
 
 def make_engine_step(s: Setup, method_name: str, engine, *, instrumented: bool,
                      store_root: Path | None, run_name: str | None = None) -> EngineStep:
-    """An EngineStep for ``method_name``; with ``instrumented`` a Monitor writes to a real
-    RunWriter in ``store_root/run_name`` (as the trainer does)."""
+    """An EngineStep for ``method_name`` (built by ``gradlab.build.build_method`` with the
+    run's seed); with ``instrumented`` a Monitor writes to a real RunWriter in
+    ``store_root/run_name`` (as the training loop does)."""
+    import dataclasses
+
+    from gradlab.build import build_method
     from gradlab.config import to_dict
-    from gradlab.methods import get_method
     from gradlab.monitor import Monitor
     from gradlab.store import RunWriter
 
-    kwargs = method_kwargs(method_name, s.cfg.seed)
-    method = get_method(method_name, **kwargs)
+    parts = dataclasses.replace(s.parts, engine=engine, method_name=method_name,
+                                method=build_method(method_name, seed=s.cfg.seed))
     writer = monitor = None
     if instrumented:
         assert store_root is not None
@@ -460,7 +515,7 @@ def make_engine_step(s: Setup, method_name: str, engine, *, instrumented: bool,
                            blocks=[(b.name, b.numel) for b in engine.blocks],
                            method=method_name, seed=s.cfg.seed, schedule="joint")
         monitor = Monitor(writer, s.tasks, engine.block_names)
-    return EngineStep(s, method_name, engine, method, monitor, writer, 0, kwargs)
+    return EngineStep(s, method_name, parts, monitor, writer, 0)
 
 
 def run_interleaved(steps: Mapping[str, Callable[[dict[str, float]], None]], *, rounds: int,

@@ -1,6 +1,6 @@
 """Evaluation throughput (sentences per second) on the real dev sets, MiniLM-L6.
 
-The dev sets are read and tokenized as the trainer does (gradlab.trainer.load_split with the
+The dev sets are read and tokenized as a run does (gradlab.build.split_from_config with the
 demo config, configs/demo.yaml: max_length 64, eval_batch_size 256). The model is the demo's
 (MiniLM-L6, default heads; the heads are untrained, which does not change the cost).
 Variants, once per round in a seeded random order:
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gradlab.build import model_from_config, split_from_config
 from gradlab.config import load_config
 from gradlab.data import bucketed_batches, collate
 from gradlab.evaluate import predict
 from gradlab.tasks import TASKS, predict_labels
-from gradlab.trainer import build_model, load_split
 
 DEMO_CONFIG = bench.REPO / "configs" / "demo.yaml"
 VARIANTS = ("naive", "dynamic", "gradlab")
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["tiny_encoder"] = dict(bench.QUICK_ENCODER)
     cfg = load_config(DEMO_CONFIG, overrides)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = model_from_config(cfg)
     special = {"cls_id": tokenizer.cls_token_id, "sep_id": tokenizer.sep_token_id,
                "pad_id": tokenizer.pad_token_id}
-    dev_sets = {t: load_split(cfg, t, "dev", tokenizer) for t in cfg.tasks}
+    dev_sets = {t: split_from_config(cfg, t, "dev", tokenizer) for t in cfg.tasks}
     sentences = {t: len(d.tokenized) * (2 if model.layout(t) == "bi" else 1)
                  for t, d in dev_sets.items()}
     print(f"encoder: {'tiny random BERT' if args.quick else 'MiniLM-L6'}; config "

@@ -1,6 +1,6 @@
 """Peak RSS increase of a summed-loss step vs a PCGrad engine step, one fresh process each.
 
-Setting as in step_ratio.py: MiniLM-L6, trainer's default heads, tasks sst, para, sts,
+Setting as in step_ratio.py: MiniLM-L6, default heads, tasks sst, para, sts,
 batch 16 x 64 tokens per task (fixed random ids; pair tasks are bi-encoders: two [16, 64]
 inputs). Each measurement runs in a fresh subprocess that builds the model, the optimizer
 and the batches, creates AdamW's state up front (so that it counts for neither variant),

@@ -1,8 +1,8 @@
 """Step time of every engine method relative to the classic summed-loss step, in one process.
 
-Setting (issues 2, 3 and 7): MiniLM-L6 (the packaged encoder) with the trainer's default
-heads, tasks sst, para, sts, batch 16 x 64 tokens per task. The batches are fixed random
-token ids, every sequence exactly 64 tokens (no padding); the pair tasks are bi-encoders, so
+Setting (issues 2, 3 and 7): MiniLM-L6 (the packaged encoder) with the default heads
+(gradlab.build), tasks sst, para, sts, batch 16 x 64 tokens per task. The batches are fixed
+random token ids, every sequence exactly 64 tokens (no padding); the pair tasks are bi-encoders, so
 each of their batches is two [16, 64] inputs (5 encoder passes of [16, 64] per step). Every
 variant steps the same model on the same batches; every round runs each variant once, in a
 seeded random order, and the warmup rounds are discarded.
@@ -12,16 +12,17 @@ Variants:
                   optimizer.zero_grad() with PyTorch's default set_to_none=True)
   summed_keepgrad the same with zero_grad(set_to_none=False) (reference: .grad kept and
                   zeroed in place instead of reallocated each step)
-  engine_sum      the trainer's engine step with method "sum" (bind_row + backward per task,
-                  block Gramians, method, write_update, clip, AdamW) and the Monitor writing
-                  train Gramians, weights and projection events to a real run store
+  engine_sum      the training loop's step with method "sum": the public
+                  gradlab.step.train_step (bind_row + backward per task, block Gramians,
+                  method, write_update, clip), AdamW and scheduler steps, and the Monitor
+                  writing train Gramians, weights and projection events to a real run store
   <method>        the same for every other method of gradlab.methods.METHODS that can be
                   built here (methods whose optional solver packages are missing are listed
                   as skipped)
   pcgrad_noinstr  pcgrad without the Monitor: pcgrad / pcgrad_noinstr is the
                   instrumentation overhead (issue 3 target <= 1.03)
-  probe           one probe (Trainer._probe: all task gradients on fixed probe batches in eval
-                  mode, counterfactual methods sum/mean/pcgrad, logged to the store)
+  probe           one probe (gradlab.probe.probe: all task gradients on fixed probe batches
+                  in eval mode, counterfactual methods sum/mean/pcgrad; logged to the store)
 
 Run: python benchmarks/step_ratio.py [--quick] [--repeats 7] [--methods pcgrad,mgda]
 """
@@ -35,7 +36,6 @@ from pathlib import Path
 import _common as bench
 
 from gradlab.methods import METHODS
-from gradlab.trainer import Trainer
 
 #: how each method computes its weights from the Gramian; "solver" ones solve an
 #: optimisation problem at every step and are exempt from the 1.10 target (issue 7).
@@ -154,35 +154,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_probe(s: bench.Setup, engine, store_root: Path, seq_len: int):
-    """A callable doing what the trainer does on a probe step (Trainer._probe itself)."""
-    from gradlab.config import replace
-    from gradlab.methods import get_method
+    """A callable doing what the training loop does on a probe step: ``gradlab.probe.probe``
+    (all task gradients on the fixed probe batches, eval mode, counterfactual weights) and
+    the Monitor logging it to a real run store."""
+    import dataclasses
+
     from gradlab.monitor import Monitor
+    from gradlab.probe import probe
     from gradlab.store import RunWriter
 
-    # The Trainer only lends its _probe; its own run folder is never created.
-    cfg = replace(s.cfg, runs_dir=str(store_root), name="probe_trainer")
-    trainer = Trainer(cfg)
-    probe_batches = bench.random_batches(
-        s.model, s.tasks, batch_size=cfg.probe_batch_size, seq_len=seq_len,
-        special=s.special, vocab_size=s.model.encoder.config.vocab_size, seed=1)
-    counterfactuals = {m: get_method(m, **({"seed": cfg.seed} if m == "pcgrad" else {}))
-                       for m in cfg.counterfactual_methods}
+    parts = dataclasses.replace(s.parts, engine=engine)
     writer = RunWriter(store_root / "probe", name="probe", config={}, tasks=s.tasks,
                        blocks=[(b.name, b.numel) for b in engine.blocks], method="pcgrad",
-                       seed=cfg.seed, schedule="joint")
+                       seed=s.cfg.seed, schedule="joint")
     monitor = Monitor(writer, s.tasks, engine.block_names)
-    head_params = [p for _, p in s.model.head_parameters()]
     state = {"step": 0}
 
-    def probe(timings: dict[str, float]) -> None:
-        trainer._probe(state["step"], s.model, engine, s.tasks, probe_batches, counterfactuals,
-                       monitor, s.scheduler.get_last_lr()[0], head_params)
+    def probe_step(timings: dict[str, float]) -> None:
+        result = probe(parts, state["step"], s.scheduler.get_last_lr()[0])
+        if result.fault is not None:
+            raise FloatingPointError(f"probe: {result.fault}")
+        monitor.probe(state["step"], result.block_gramians, result.losses,
+                      result.counterfactuals)
         state["step"] += 1
 
-    probe.close = writer.close  # type: ignore[attr-defined]
-    probe.counterfactuals = list(counterfactuals)  # type: ignore[attr-defined]
-    return probe
+    probe_step.close = writer.close  # type: ignore[attr-defined]
+    probe_step.counterfactuals = list(parts.counterfactuals)  # type: ignore[attr-defined]
+    return probe_step
 
 
 def demo_probe_every() -> int:

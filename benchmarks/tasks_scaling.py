@@ -1,12 +1,13 @@
 """Cost of the PCGrad engine step as the number of tasks grows: T = 2, 3, 5, 8.
 
 The T tasks are synthetic copies of the single-sentence task (SST's spec: 5 classes, the
-trainer's default linear head) with different random labels, each with its own fixed batch of
+default linear head) with different random labels, each with its own fixed batch of
 16 x 64 random token ids, so one step is T encoder passes of [16, 64] (MiniLM-L6). For each T,
 a fresh model (same encoder weights) alternates (random order per round) between:
 
   summed  forward all T tasks, sum the losses, one backward, clip, AdamW
-  pcgrad  the trainer's engine step with PCGrad, the Monitor writing to a real run store
+  pcgrad  the training loop's step with PCGrad (gradlab.step.train_step), the Monitor
+          writing to a real run store
 
 Reported per T: the two medians, their ratio, and the share of the PCGrad step spent in the
 Gramian work (block_gramians + method + write_update), which must stay small.

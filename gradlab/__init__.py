@@ -16,8 +16,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "train": "gradlab.trainer",
-    "RunHandle": "gradlab.trainer",
+    "train": "gradlab.training",
+    "RunHandle": "gradlab.training",
     "TrainConfig": "gradlab.config",
     "load_config": "gradlab.config",
     "ConfigError": "gradlab.config",

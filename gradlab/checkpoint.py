@@ -9,6 +9,9 @@ checkpoint under a real name; ``recover_checkpoints`` finishes a swap a kill int
 A run's ``checkpoints/`` folder holds ``last`` (what a resumed run continues from), ``best``
 (best dev score) and, with ``checkpoint_every``, the newest ``keep`` periodic ``step-N``
 folders; ``last`` shares the files of the ``step-N`` saved with it (hard links).
+
+This module only reads and writes folders; what a training state holds and how it is put
+back into a run's parts is ``gradlab.resume``'s.
 """
 
 from __future__ import annotations
@@ -16,14 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -262,207 +263,22 @@ def latest_checkpoint(folder: str | Path) -> tuple[Path, tuple[dict, dict, dict]
     return None
 
 
-# --- optimizer and RNG state as tensors + JSON ---------------------------------------------
-
-
-def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors (safetensors) and JSON values."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, pstate in sd["state"].items():
-        for key, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.{idx}.{key}"] = value
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_flat(optimizer: torch.optim.Optimizer, prefix: str,
-                        tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Inverse of ``optimizer_to_flat``; ValueError if the saved state does not fit.
-
-    The hyperparameter groups must have the form of the optimizer's own, and every moment
-    tensor the shape of its parameter, so nothing fails later in the middle of a run.
-    """
-    ours = optimizer.state_dict()["param_groups"]
-    check_like(meta["param_groups"], ours, "param_groups")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if not name.startswith(prefix + "."):
-            continue
-        idx, key = name[len(prefix) + 1:].split(".", 1)
-        if not 0 <= int(idx) < len(params):
-            raise ValueError(f"{name}: the optimizer has {len(params)} parameters")
-        if value.dim() > 0 and value.shape != params[int(idx)].shape:
-            raise ValueError(f"{name} has shape {list(value.shape)}, its parameter "
-                             f"{list(params[int(idx)].shape)}")
-        state.setdefault(int(idx), {})[key] = value
-    for idx, values in meta.get("scalars", {}).items():
-        check_like(values, dict.fromkeys(values, 0.0), f"scalars.{idx}")
-        state.setdefault(int(idx), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """torch (tensor), numpy and random (JSON) generator states."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return (
-        {"rng.torch": torch.get_rng_state()},
-        {
-            "numpy": [np_state[0], np_state[1].tolist(), *[float(x) if isinstance(x, float)
-                                                            else int(x) for x in np_state[2:]]],
-            "python": [py_state[0], list(py_state[1]), py_state[2]],
-        },
-    )
-
-
-def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Restore the states saved by ``rng_state``."""
-    torch.set_rng_state(tensors["rng.torch"])
-    n = meta["numpy"]
-    np.random.set_state((str(n[0]), np.asarray(n[1], dtype=np.uint32), int(n[2]), int(n[3]),
-                         float(n[4])))
-    p = meta["python"]
-    random.setstate((int(p[0]), tuple(int(x) for x in p[1]),
-                     None if p[2] is None else float(p[2])))
-
-
-# --- the training state of a run -----------------------------------------------------------
-
-
-def training_state(*, optimizer: torch.optim.Optimizer, scheduler: Any, methods: dict[str, Any],
-                   batchers: dict[str, Any], rng: tuple[dict, dict], step: int,
-                   **values: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Everything a resumed run needs: (tensors for safetensors, JSON-able state).
-
-    methods: name -> object with ``state_dict()`` ("method" for the run's method,
-    "counterfactual.<name>" for the probes' hypothetical ones); batchers: task -> batcher;
-    rng: what ``rng_state()`` returned; values: further JSON-able entries (config, metrics...).
-    """
-    tensors, optim_meta = optimizer_to_flat(optimizer, "optim")
-    rng_tensors, rng_meta = rng
-    tensors.update(rng_tensors)
-    method_json = {}
-    for prefix, method in methods.items():
-        method_json[prefix] = {}
-        for key, value in method.state_dict().items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.{key}"] = value
-            else:
-                method_json[prefix][key] = value
-    state = {
-        "step": step,
-        "optimizer": optim_meta,
-        "scheduler": scheduler.state_dict(),
-        "methods": method_json,
-        "batchers": {t: b.state_dict() for t, b in batchers.items()},
-        "rng": rng_meta,
-        **values,
-    }
-    return tensors, state
-
-
-def restore_training_state(path: str | Path, model_state: dict[str, torch.Tensor],
-                           tensors: dict[str, torch.Tensor], state: dict[str, Any], *,
-                           model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any, methods: dict[str, Any], batchers: dict[str, Any],
-                           max_step: int) -> int:
-    """Load a checkpoint into the parts of a run (inverse of ``training_state``); its step.
-
-    The RNG states are restored last. Raises CheckpointError naming the part that does not
-    fit (a different model or task set, a corrupt or crafted state.json).
-    """
-    part = "model"
-    try:
-        missing, unexpected = compare_keys(model.state_dict(), model_state)
-        if missing or unexpected:
-            raise ValueError(f"missing {missing[:5]}, unexpected {unexpected[:5]} "
-                             "(a different model or task set?)")
-        model.load_state_dict(model_state)
-        part = "optimizer"
-        optimizer_from_flat(optimizer, "optim", tensors, state["optimizer"])
-        part = "scheduler"
-        scheduler.load_state_dict(_checked_scheduler_state(scheduler, state["scheduler"]))
-        for prefix, method in methods.items():
-            part = f"state of {prefix} {method!r}"
-            json_part = state["methods"].get(prefix, {})
-            if not isinstance(json_part, dict):
-                raise TypeError(f"expected a JSON object, found {json_part!r}")
-            method.load_state_dict({**json_part, **{
-                name[len(prefix) + 1:]: value for name, value in tensors.items()
-                if name.startswith(prefix + ".")}})
-        part = "data positions"
-        for task, batcher in batchers.items():
-            batcher.load_state_dict(state["batchers"][task])
-        part = "step"
-        step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= max_step:
-            raise ValueError(f"step {step!r} is not in 0..{max_step}")
-        part = "random number generators"
-        set_rng_state(tensors, state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
-        raise CheckpointError(f"checkpoint {path}: cannot restore the {part}: "
-                              f"{type(err).__name__}: {err}") from None
-    return step
-
-
 def compare_keys(expected: dict, found: dict) -> tuple[list[str], list[str]]:
     """(missing, unexpected) keys of a state dict ``found`` against ``expected``, sorted."""
     return sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
 
 
-def _checked_scheduler_state(scheduler: Any, state: Any) -> dict:
-    """The saved scheduler state, if it has the form (keys, value types) of ours.
-
-    LRScheduler.load_state_dict copies every key into the scheduler's attributes, so a
-    crafted state.json must not choose them.
-    """
-    check_like(state, scheduler.state_dict(), "scheduler")
-    return state
-
-
-def check_like(value: Any, expected: Any, where: str) -> None:
-    """ValueError unless the JSON value ``value`` has the form of ``expected``: the same dict
-    keys, list lengths and kinds of scalars (numbers, bools, strings, None), recursively."""
-    if expected is None or isinstance(expected, bool | str):
-        ok = type(value) is type(expected)
-    elif isinstance(expected, int | float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif isinstance(expected, list | tuple):
-        ok = isinstance(value, list | tuple) and len(value) == len(expected)
-        for i, (v, e) in enumerate(zip(value, expected, strict=False) if ok else ()):
-            check_like(v, e, f"{where}[{i}]")
-    elif isinstance(expected, dict):
-        ok = isinstance(value, dict) and set(value) == set(expected)
-        for key in expected if ok else ():
-            check_like(value[key], expected[key], f"{where}.{key}")
-    else:
-        ok = False
-    if not ok:
-        raise ValueError(f"{where}={value!r} does not have the form of {expected!r}")
 
 __all__ = [
     "CheckpointError",
     "FILES",
-    "check_like",
     "compare_keys",
     "latest_checkpoint",
     "link_checkpoint",
     "load_checkpoint",
-    "optimizer_from_flat",
-    "optimizer_to_flat",
     "read_state",
     "recover_checkpoints",
     "resolve_checkpoint",
-    "restore_training_state",
-    "rng_state",
     "rotate_checkpoints",
     "save_checkpoint",
-    "set_rng_state",
-    "training_state",
 ]

@@ -31,6 +31,8 @@ from typing import Any, Literal, Self
 import numpy as np
 import torch
 
+from gradlab.seeding import derive_seed
+
 __all__ = [
     "DEFAULT_FILES",
     "DEFAULT_READERS",
@@ -643,8 +645,8 @@ class TaskBatcher:
         if remaining <= 0 or (self.drop_last and remaining < self.batch_size):
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
         if self._order is None:
-            generator = torch.Generator().manual_seed(_derive_seed(self.seed, self.task,
-                                                                   self.epoch))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.task,
+                                                                  self.epoch))
             self._order = torch.randperm(self.num_examples, generator=generator)
         batch = self._order[self.position : self.position + self.batch_size]
         self.position += len(batch)
@@ -666,12 +668,6 @@ class TaskBatcher:
             raise ValueError(f"state_dict needs epoch >= 0 and position in 0..{self.num_examples}"
                              f", found epoch={epoch}, position={position}")
         self.epoch, self.position, self._order = epoch, position, None
-
-
-def _derive_seed(seed: int, task: str, epoch: int) -> int:
-    """A 63-bit seed from (seed, task, epoch), stable across processes (unlike hash())."""
-    digest = hashlib.sha256(f"{seed}/{task}/{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def bucketed_batches(

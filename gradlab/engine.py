@@ -1,11 +1,16 @@
 """The gradient engine: per-task gradients into one [T, P] buffer, per-block Gramians, update.
 
-Only this module points ``.grad`` at buffers. The trick that makes per-task gradients cost
-what the summed loss costs: the tasks' batches are different inputs, so their graphs are
-disjoint and one backward per task does the work of one backward of the sum. Before task
-t's backward every shared parameter's ``.grad`` is set to the view of its slice in row t of
-J; autograd then accumulates into J in place (no copies, no retain_graph). The update wᵀJ
-is written into a second flat buffer whose views become the ``.grad`` the optimizer reads.
+Only this module points a shared parameter's ``.grad`` at a buffer (a row of J or the
+update). Elsewhere ``.grad`` is only read (the probes' virtual step), scaled in place
+(clipping in ``gradlab.step``), averaged in place across ranks (``gradlab.distributed``, the
+heads') or cleared (``zero_grad``; the probes clear the heads').
+
+The trick that makes per-task gradients cost what the summed loss costs: the tasks' batches
+are different inputs, so their graphs are disjoint and one backward per task does the work
+of one backward of the sum. Before task t's backward every shared parameter's ``.grad`` is
+set to the view of its slice in row t of J; autograd then accumulates into J in place (no
+copies, no retain_graph). The update wᵀJ is written into a second flat buffer whose views
+become the ``.grad`` the optimizer reads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the trainer logs: raw facts of each step and probe, written to the run store.
+"""What the training loop logs: raw facts of each step and probe, written to the run store.
 
 The monitor observes (Gramians, weights, projection events, losses) and never computes
 gradients or statistics: every statistic is derived at read time by ``gradlab.stats``.

@@ -1,6 +1,6 @@
 """Schedules: which tasks take part in each optimizer step.
 
-A schedule never sees gradients; the trainer asks it for the active tasks of a step and the
+A schedule never sees gradients; the training loop asks it for the active tasks of a step and the
 engine and method do the rest. Round-robin is a schedule, not a method: with one active task
 every method reduces to that task's gradient.
 """

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import random
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +42,9 @@ def _seed_everything():
         sys.modules["matplotlib.pyplot"].close("all")
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path) -> dict:
-    """Config keys for a seconds-long training run on a tiny random BERT."""
+def tiny_config(tmp_path: Path, **changes) -> dict:
+    """Config keys for a seconds-long training run on a tiny random BERT (runs under
+    ``tmp_path / "runs"``), with ``changes`` applied."""
     return {
         "encoder": "minilm",
         "tiny_encoder": dict(TINY_ENCODER),
@@ -56,4 +59,32 @@ def tiny_overrides(tmp_path) -> dict:
         "eval_batch_size": 32,
         "progress": False,
         "threads": 1,  # two processes' thread pools on 2 cores slow each other down badly
+        **changes,
     }
+
+
+_PARTS: dict[str, object] = {}
+
+
+def tiny_parts(**changes):
+    """The ``gradlab.build.Parts`` of ``tiny_config`` (32 training rows per task, max_length
+    24) with ``changes``: built once per configuration and session, every call a deep copy
+    of it (sharing only the tokenizer and the read data, which nothing changes)."""
+    from gradlab.build import build_parts
+    from gradlab.config import load_config
+
+    values = tiny_config(Path("unused"), **{"train_limit": 32, "max_length": 24, **changes})
+    key = json.dumps(values, sort_keys=True)
+    if key not in _PARTS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # truncation notices
+            _PARTS[key] = build_parts(load_config(None, values))
+    base = _PARTS[key]
+    shared = {id(x): x for x in (base.tokenizer, base.train_sets, base.dev_sets)}
+    return copy.deepcopy(base, shared)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> dict:
+    """``tiny_config(tmp_path)``: the keys of a seconds-long run on a tiny random BERT."""
+    return tiny_config(tmp_path)

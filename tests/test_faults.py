@@ -9,34 +9,29 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ENCODER
+from conftest import tiny_config, tiny_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+import gradlab
 from gradlab import checkpoint as ckpt
 from gradlab import stats
-from gradlab.config import load_config
 from gradlab.methods import METHODS, MethodInput, get_method
-from gradlab.trainer import NonFiniteError, Trainer
+from gradlab.step import train_step
+from gradlab.training import NonFiniteError
 
 
 def config(runs_dir, name: str, **changes) -> dict:
-    values = {
-        "name": name, "runs_dir": str(runs_dir), "encoder": "minilm",
-        "tiny_encoder": dict(TINY_ENCODER), "train_limit": 32, "dev_limit": 16,
-        "batch_size": 4, "max_length": 24, "steps": 6, "probe_every": 2,
-        "probe_batch_size": 4, "eval_batch_size": 16, "checkpoint_every": 2,
-        "progress": False, "threads": 1,
-    }
-    values.update(changes)
-    return values
+    return tiny_config(runs_dir, **{
+        "name": name, "runs_dir": str(runs_dir), "train_limit": 32, "dev_limit": 16,
+        "max_length": 24, "eval_batch_size": 16, "checkpoint_every": 2, **changes})
 
 
 def train(values: dict, hook=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # truncation notices
-        return Trainer(load_config(None, values), _after_step=hook).run()
+        return gradlab.train(None, _after_step=hook, **values)
 
 
 def encoder_param(model, block: str) -> torch.nn.Parameter:
@@ -54,21 +49,54 @@ def nan_head_after(step: int, task: str):
     return hook
 
 
-def nan_gradient_after(step: int, block: str, times: int):
-    """From the step after ``step`` on, the next ``times`` backward passes give block ``block``
-    a NaN gradient (the first task's, as tasks run in order)."""
+def poison(times: int):
+    """A gradient hook: the next ``times`` backward passes through it give NaN."""
     left = [times]
 
-    def poison(grad: torch.Tensor) -> torch.Tensor:
+    def hook(grad: torch.Tensor) -> torch.Tensor:
         if left[0] > 0:
             left[0] -= 1
             return grad * math.nan
         return grad
+    return hook
 
+
+def nan_gradient_after(step: int, block: str, times: int):
+    """From the step after ``step`` on, the next ``times`` backward passes give block ``block``
+    a NaN gradient (the first task's, as tasks run in order)."""
     def hook(done: int, model) -> None:
         if done == step:
-            encoder_param(model, block).register_hook(poison)
+            encoder_param(model, block).register_hook(poison(times))
     return hook
+
+
+# --- one step: what train_step reports ---------------------------------------------------------
+
+
+def test_nan_gradient_is_reported_naming_task_and_block():
+    parts = tiny_parts()
+    encoder_param(parts.model, "layer.1").register_hook(poison(1))
+    result = train_step(parts, parts.tasks, step=3)
+    assert result.fault == "non-finite gradient of task 'sst' in block 'layer.1'"
+    assert result.weights is None and result.grad_norm is None  # no update was written
+    assert train_step(parts, parts.tasks, step=4).fault is None  # the next step is clean
+
+
+def test_nan_loss_is_reported_naming_the_task():
+    parts = tiny_parts()
+    with torch.no_grad():
+        next(parts.model.heads["sts"].parameters()).fill_(math.nan)
+    result = train_step(parts, parts.tasks, step=0)
+    assert result.fault == "non-finite loss nan of task 'sts'"
+    assert result.block_gramians is None and result.weights is None
+
+
+def test_nan_head_gradient_is_reported():
+    parts = tiny_parts()
+    next(parts.model.heads["para"].parameters()).register_hook(poison(1))
+    result = train_step(parts, parts.tasks, step=0)
+    assert result.fault == "non-finite gradient in the task heads"
+    assert math.isnan(result.grad_norm)
 
 
 # --- nonfinite="error" ------------------------------------------------------------------------
@@ -92,36 +120,28 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_the_last_good_checkpoint(
     assert sorted(run.losses()["step"].unique()) == [0, 1, 2]  # nothing of the failed step
 
 
-def test_nan_gradient_stops_naming_task_step_and_block(tmp_path):
-    with pytest.raises(NonFiniteError, match=r"step 3: non-finite gradient of task 'sst' in "
-                                             r"block 'layer.1'; the last good checkpoint is "
-                                             r"kept: .*last \(step 2\)"):
-        train(config(tmp_path, "nan-grad"), nan_gradient_after(2, "layer.1", times=1))
-
-
-def test_nan_in_a_probe_stops_naming_it(tmp_path):
-    # the NaN gradient arrives in the probe of step 2 (after step 1's update)
-    with pytest.raises(NonFiniteError, match=r"step 2: probe: non-finite gradient of task "
-                                             r"'sst' in block 'embeddings'"):
-        train(config(tmp_path, "nan-probe", checkpoint_every=0),
-              nan_gradient_after(1, "embeddings", times=1))
-
-
 # --- nonfinite="skip" -------------------------------------------------------------------------
 
 
-def test_skip_counts_skipped_steps_in_the_store_and_the_handle(tmp_path):
-    values = config(tmp_path, "skip", nonfinite="skip", probe_every=0)
-    with pytest.warns(RuntimeWarning, match=r"step 3: non-finite gradient of task 'sst' in "
-                                            r"block 'layer.0' -- step skipped"):
-        handle = train(values, nan_gradient_after(2, "layer.0", times=1))
+def test_skip_counts_skipped_steps_and_probes_in_the_store_and_the_handle(tmp_path):
+    values = config(tmp_path, "skip", nonfinite="skip", probe_every=3)
+    # four NaN backward passes after step 2: the probe of step 3 (sst, para, sts), then
+    # step 3's first task
+    with pytest.warns(RuntimeWarning) as caught:
+        handle = train(values, nan_gradient_after(2, "layer.0", times=4))
+    messages = [str(w.message) for w in caught]
+    assert ("step 3: probe: non-finite gradient of task 'sst' in block 'layer.0' -- probe "
+            "skipped") in messages
+    assert "step 3: non-finite gradient of task 'sst' in block 'layer.0' -- step skipped" \
+        in messages
     assert handle.skipped_steps == 1
     run = handle.load()
     assert run.status == "finished"
-    skipped = run.scalars("skipped")
-    assert skipped[["step", "value"]].values.tolist() == [[3, 1.0]]
+    assert run.scalars("skipped")[["step", "value"]].values.tolist() == [[3, 1.0]]
+    assert run.scalars("skipped_probe")[["step", "value"]].values.tolist() == [[3, 1.0]]
     assert 3 not in set(run.losses()["step"])  # a skipped step logs no loss, weight, Gramian
     assert sorted(run.losses()["step"].unique()) == [0, 1, 2, 4, 5]
+    assert sorted(run.cosines(source="probe")["step"].unique()) == [0, 6]
     final = load_file(str(handle.path / "checkpoints" / "last" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in final.values())
     assert ckpt.read_state(handle.path / "checkpoints" / "last")["skipped_steps"] == 1
@@ -263,12 +283,24 @@ class _NoSharedGradient(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method", ["pcgrad", "mgda", "imtl_g", "gradnorm"])
-def test_training_with_a_zero_task_gradient(tmp_path, method):
+def test_a_step_with_a_zero_task_gradient(method):
+    parts = tiny_parts(method=method)
+    parts.model.heads["para"] = _NoSharedGradient(parts.model.heads["para"])
+    for step in range(3):  # stateful methods (gradnorm) see the zero gradient repeatedly
+        result = train_step(parts, parts.tasks, step)
+        assert result.fault is None and torch.isfinite(result.weights).all()
+        para = torch.diagonal(result.block_gramians, dim1=1, dim2=2)[:, 1]
+        assert (para == 0).all()  # PARA's gradient on the encoder is exactly zero
+        assert math.isfinite(result.grad_norm)
+        parts.optimizer.step()
+
+
+def test_training_with_a_zero_task_gradient(tmp_path):
     def cut_para(done: int, model) -> None:
         if done == 0:  # from step 1 on, PARA's gradient on the encoder is exactly zero
             model.heads["para"] = _NoSharedGradient(model.heads["para"])
 
-    values = config(tmp_path, method, method=method, steps=4, save_checkpoints=False)
+    values = config(tmp_path, "pcgrad", method="pcgrad", steps=4, save_checkpoints=False)
     handle = train(values, cut_para)
     run = handle.load()
     assert run.status == "finished" and handle.skipped_steps == 0

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import gradlab
+from gradlab.build import build_parts, model_from_config
 from gradlab.config import load_config
 from gradlab.methods import get_method
-from gradlab.trainer import _optimizer, build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -61,8 +61,8 @@ def test_recipe_runs_a_few_steps(config, tmp_path, tiny_overrides):
 def test_per_task_optimizers_have_their_own_lr_and_weight_decay(tiny_overrides):
     cfg = load_config(None, {**tiny_overrides, "encoder_lr": 1e-5, "encoder_weight_decay": 0.2,
                              "lr": 1e-3, "weight_decay": 0.01})
-    model, _ = build_model(cfg)
-    opt = _optimizer(model, cfg)
+    parts = build_parts(cfg)
+    model, opt = parts.model, parts.optimizer
     by_name = {}
     for g in opt.param_groups:
         by_name.setdefault(g["name"], []).append(g)
@@ -77,7 +77,7 @@ def test_per_task_optimizers_have_their_own_lr_and_weight_decay(tiny_overrides):
 def test_round_robin_does_not_move_inactive_heads(tiny_overrides):
     handle = gradlab.train(None, **{**tiny_overrides, "name": "rr", "steps": 1,
                                     "schedule": "round_robin", "weight_decay": 0.5})
-    model, _ = build_model(handle.config)
+    model, _ = model_from_config(handle.config)
     start = model.state_dict()
     last = load_file(str(handle.path / "checkpoints/last/model.safetensors"))
     for key, value in start.items():

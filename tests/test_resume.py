@@ -1,6 +1,6 @@
 """Resuming a run: a crashed or killed run, continued, ends bit for bit as the uninterrupted one.
 
-The in-process tests crash the trainer through its private ``_after_step`` hook; the slow test
+The in-process tests crash the training loop through its private ``_after_step`` hook; the slow test
 kills a real ``gradlab train`` process with SIGKILL at a random step and resumes it with
 ``gradlab train --resume``.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_ENCODER
+from conftest import ROOT, tiny_config
 from safetensors.torch import load_file
 
 import gradlab
@@ -29,7 +29,6 @@ from gradlab import checkpoint as ckpt
 from gradlab.checkpoint import CheckpointError
 from gradlab.cli import main
 from gradlab.config import load_config
-from gradlab.trainer import Trainer
 
 
 class Crash(Exception):
@@ -39,15 +38,10 @@ class Crash(Exception):
 def config(runs_dir: Path, name: str, **changes) -> dict:
     """A tiny pcgrad run (its task orders come from a generator that must round-trip) with
     periodic checkpoints, evaluation and probes, one thread (bit-exact, fast on a busy box)."""
-    values = {
-        "name": name, "runs_dir": str(runs_dir), "encoder": "minilm",
-        "tiny_encoder": dict(TINY_ENCODER), "train_limit": 48, "dev_limit": 16,
-        "batch_size": 4, "max_length": 24, "steps": 10, "probe_every": 2,
-        "probe_batch_size": 4, "eval_every": 3, "eval_batch_size": 16, "checkpoint_every": 2,
-        "keep_checkpoints": 2, "method": "pcgrad", "progress": False, "threads": 1,
-    }
-    values.update(changes)
-    return values
+    return tiny_config(runs_dir, **{
+        "name": name, "runs_dir": str(runs_dir), "train_limit": 48, "dev_limit": 16,
+        "max_length": 24, "steps": 10, "eval_every": 3, "eval_batch_size": 16,
+        "checkpoint_every": 2, "keep_checkpoints": 2, "method": "pcgrad", **changes})
 
 
 def crash_at(step: int):
@@ -59,7 +53,7 @@ def crash_at(step: int):
 
 def run_until_crash(values: dict, step: int) -> None:
     with pytest.raises(Crash):
-        Trainer(load_config(None, values), _after_step=crash_at(step)).run()
+        gradlab.train(None, _after_step=crash_at(step), **values)
 
 
 def resume(values: dict):
@@ -145,7 +139,7 @@ def test_twice_crashed_run_resumed_from_the_cli(tmp_path, reference, capsys):
     values = config(tmp_path, "twice")
     run_until_crash(values, 3)
     with pytest.raises(Crash):
-        Trainer(load_config(None, values), resume=True, _after_step=crash_at(7)).run()
+        gradlab.train(None, resume=True, _after_step=crash_at(7), **values)
     assert ckpt.read_state(tmp_path / "twice" / "checkpoints" / "last")["step"] == 6
     assert main(["train", "--resume", str(tmp_path / "twice"), "progress=false"]) == 0
     assert json.loads(capsys.readouterr().out)["run"].endswith("twice")
@@ -273,12 +267,12 @@ def test_latest_checkpoint_picks_the_newest_readable(tmp_path):
 
 
 def test_existing_run_is_refused_before_any_loading(tmp_path, reference, monkeypatch):
-    import gradlab.trainer as trainer
+    import gradlab.build as build
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the folder was checked")
 
-    monkeypatch.setattr(trainer, "build_model", must_not_load)
+    monkeypatch.setattr(build, "build_model", must_not_load)
     values = config(reference.parent, "reference")
     with pytest.raises(FileExistsError, match=r"reference already exists.*--resume.*another"):
         gradlab.train(None, **values)

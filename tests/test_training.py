@@ -1,4 +1,4 @@
-"""The trainer end to end on a tiny random BERT, through Python and the real CLI."""
+"""The training loop end to end on a tiny random BERT, through Python and the real CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 import gradlab
 from gradlab.cli import main
 from gradlab.config import ConfigError
-from gradlab.trainer import probe_indices
 
 
 def _cli_overrides(d: dict) -> list[str]:
@@ -49,6 +48,8 @@ def test_cli_train_each_schedule_then_evaluate_and_predict(tmp_path, tiny_overri
     if schedule == "sequential":
         assert losses.sort_values("step")["task"].tolist() == ["sst"] * 2 + ["para"] * 2 + \
             ["sts"] * 2
+    if (schedule, method) != ("joint", "sum"):
+        return  # reading a checkpoint back does not depend on how it was trained
     # the saved metrics equal what `evaluate` computes from the reloaded checkpoint
     capsys.readouterr()
     assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "progress=false"]) == 0
@@ -63,40 +64,27 @@ def test_cli_train_each_schedule_then_evaluate_and_predict(tmp_path, tiny_overri
                  "--out", str(out), "progress=false"]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id\tPredicted_Similarity" and len(lines) == 864
-    if schedule == "joint" and method == "sum":  # a test file: the dev file without labels
-        unlabelled = tmp_path / "sts-test.csv"
-        unlabelled.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in
-                                      dev.read_text(encoding="utf-8").splitlines()),
-                              encoding="utf-8")
-        out_test = tmp_path / "pred-test.tsv"
-        assert main(["predict", str(run_dir), "--task", "sts", "--input", str(unlabelled),
-                     "--out", str(out_test), "progress=false"]) == 0
-        assert out_test.read_text() == out.read_text()
+    # a test file: the dev file without labels
+    unlabelled = tmp_path / "sts-test.csv"
+    unlabelled.write_text("".join(line.rsplit("\t", 1)[0] + "\n" for line in
+                                  dev.read_text(encoding="utf-8").splitlines()),
+                          encoding="utf-8")
+    out_test = tmp_path / "pred-test.tsv"
+    assert main(["predict", str(run_dir), "--task", "sts", "--input", str(unlabelled),
+                 "--out", str(out_test), "progress=false"]) == 0
+    assert out_test.read_text() == out.read_text()
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path, tiny_overrides):
-    a = gradlab.train(None, **{**tiny_overrides, "name": "a", "method": "pcgrad"})
-    b = gradlab.train(None, **{**tiny_overrides, "name": "b", "method": "pcgrad"})
+    a = gradlab.train(None, **{**tiny_overrides, "name": "a", "method": "pcgrad", "steps": 3})
+    b = gradlab.train(None, **{**tiny_overrides, "name": "b", "method": "pcgrad", "steps": 3})
     ra, rb = a.load(), b.load()
     pd_a, pd_b = ra.losses()["value"].to_numpy(), rb.losses()["value"].to_numpy()
     np.testing.assert_array_equal(pd_a, pd_b)
-    wa = torch.load if False else None  # noqa: F841 - no pickle anywhere
     from safetensors.torch import load_file
     sa = load_file(str(a.path / "checkpoints/last/model.safetensors"))
     sb = load_file(str(b.path / "checkpoints/last/model.safetensors"))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def test_probe_batches_do_not_depend_on_the_method():
-    np.testing.assert_array_equal(probe_indices(100, 8, 3, "sst"), probe_indices(100, 8, 3, "sst"))
-    assert not np.array_equal(probe_indices(100, 8, 3, "sst"), probe_indices(100, 8, 4, "sst"))
-
-
-def test_probe_gramians_identical_across_methods_at_step_0(tmp_path, tiny_overrides):
-    runs = [gradlab.train(None, **{**tiny_overrides, "name": m, "method": m, "steps": 2})
-            for m in ("sum", "pcgrad")]
-    grams = [r.load().gramian(0, source="probe")[1] for r in runs]
-    np.testing.assert_array_equal(grams[0], grams[1])
 
 
 def test_train_gramian_in_store_matches_brute_force(tmp_path, tiny_overrides):

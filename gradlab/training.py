@@ -1,0 +1,267 @@
+"""The training loop, read top to bottom: ``gradlab.train(config)``.
+
+``build_parts`` turns the config into the run's parts (the config never leaks into them);
+then one flat loop. Every step: evaluation, checkpoint and probe when due; the schedule
+names the active tasks; ``train_step`` fills J, asks the method for task weights and writes
+wᵀJ to ``.grad``; AdamW and the LR schedule step; the monitor logs raw facts to the run
+store. A NaN or infinite loss or gradient stops the run naming the task, step and block
+(``nonfinite="error"``) or skips the step and counts it (``nonfinite="skip"``); the last
+good checkpoint is never overwritten. ``train(..., resume=True)`` continues a crashed or
+killed run from its checkpoint and ends bit for bit as the uninterrupted run would have (on
+CPU; see ``gradlab.resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from gradlab import checkpoint as ckpt
+from gradlab import resume as resume_state
+from gradlab.build import Parts, build_parts
+from gradlab.config import TrainConfig, load_config, to_dict
+from gradlab.distributed import DistInfo, NullWriter, init_from_env
+from gradlab.evaluate import evaluate
+from gradlab.monitor import Monitor
+from gradlab.probe import probe
+from gradlab.rundir import RunLock, check_run_folder, write_atomic
+from gradlab.step import train_step
+from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient was NaN or infinite (names the task, step and block)."""
+
+
+@dataclass
+class RunHandle:
+    """What ``train`` returns: where the run lives and how it ended."""
+
+    path: Path
+    config: TrainConfig
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    wall_time: float = 0.0
+    skipped_steps: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def load(self):  # -> gradlab.run.Run
+        """The run's store as a ``gradlab.Run`` (tidy DataFrames)."""
+        from gradlab.run import load_run
+
+        return load_run(self.path)
+
+
+def train(config: TrainConfig | str | Path | None = None, *, resume: bool = False,
+          _after_step: Callable[[int, torch.nn.Module], None] | None = None,
+          **overrides: Any) -> RunHandle:
+    """Train a multitask model and log every step to ``<runs_dir>/<name>/run.sqlite``.
+
+    config: a TrainConfig, a YAML path, or None (defaults); overrides: config keys.
+    resume: continue the run ``<runs_dir>/<name>`` from its newest readable checkpoint, with
+    the same config (only ``RESUMABLE_CHANGES`` may differ); it ends as the uninterrupted run
+    would have, bit for bit on CPU. Without ``resume`` an existing run folder is refused.
+    _after_step: private test hook, called as ``_after_step(step, model)`` after every
+    training step (skipped or not); tests use it to simulate crashes and inject faults.
+
+    Example:
+        >>> handle = gradlab.train(method="pcgrad", steps=20, train_limit=64,  # doctest: +SKIP
+        ...                        tiny_encoder={"hidden_size": 32})
+        >>> handle.load().cosines(source="train")  # doctest: +SKIP
+    """
+    if isinstance(config, TrainConfig):
+        cfg = load_config(None, {**to_dict(config), **overrides})
+    else:
+        cfg = load_config(config, overrides)
+    run_dir = resolve_run_dir(Path(cfg.runs_dir), cfg.name)
+    dist = init_from_env()  # torchrun sets RANK/WORLD_SIZE: every rank trains, only rank 0 writes
+    if dist.is_main:
+        check_run_folder(run_dir, resume)  # before any data or model is loaded
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:  # one process at a time per run folder
+        with RunLock(run_dir) if dist.is_main else nullcontext():
+            return _train(cfg, run_dir, dist, resume, _after_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
+           after_step: Callable[[int, torch.nn.Module], None] | None) -> RunHandle:
+    """The loop. Its parts come from ``build_parts``; of the config it reads only when to
+    evaluate, probe and checkpoint, the non-finite policy, what to log and the run's names."""
+    t_start = time.perf_counter()
+    checkpoints = run_dir / "checkpoints"
+    found = resume_state.find_resume_point(run_dir, cfg) if resume else None  # before loading
+    parts = build_parts(cfg, dist)
+    progress = resume_state.Progress()
+    if found is not None:  # last, as it sets the RNG states
+        progress = resume_state.restore(found, parts)
+    start, total, config = progress.step, parts.total_steps, to_dict(cfg)
+    if dist.is_main and not (run_dir / "config.yaml").is_file():
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    writer = NullWriter(cfg.method) if not dist.is_main else RunWriter(
+        run_dir, name=cfg.name, config=config, tasks=parts.tasks,
+        blocks=[(b.name, b.numel) for b in parts.engine.blocks], method=cfg.method,
+        seed=cfg.seed, schedule=cfg.schedule, resume=(run_dir / STORE_FILENAME).exists())
+    monitor = Monitor(writer, parts.tasks, parts.engine.block_names)
+
+    def save(kinds: list[str], step: int, rng: tuple) -> None:
+        # Every row before this checkpoint is committed first, so a run resumed from it never
+        # has a gap in its store. A model that is not finite is never saved.
+        if not dist.is_main:
+            return
+        writer.flush()
+        bad = _nonfinite_parameter(parts.model)
+        if bad is not None:
+            raise NonFiniteError(f"step {step}: parameter {bad!r} is not finite; not saving "
+                                 "it" + _last_good(checkpoints))
+        progress.saves.extend(kinds)
+        progress.wall_time = wall_before + time.perf_counter() - t_start
+        resume_state.save(checkpoints, kinds, parts, step=step, rng=rng, progress=progress,
+                          config=config)
+        for kind in kinds:
+            writer.log_checkpoint(step, kind, str(checkpoints / kind))
+
+    # Everything logged at step s describes the model after s updates: step s's training
+    # Gramian, its probe, and (for s > 0) the evaluation and checkpoint at the top of the
+    # iteration. A resumed run restarts at the top of its checkpoint's step and redoes it,
+    # except the checkpoints, which exist already.
+    wall_before, saved_at_start = progress.wall_time, progress.saves
+    parts.model.train()
+    bar = tqdm(total=total, initial=start, disable=not cfg.progress,
+               desc=f"{cfg.name} [{cfg.method}/{cfg.schedule}]")
+    try:
+        if resume:
+            # Rows after the checkpoint are redone; the checkpoint's own rows are logged
+            # again, since a kill may have come before they were committed.
+            writer.truncate_after(start - 1)
+            for kind in saved_at_start:
+                writer.log_checkpoint(start, kind, str(checkpoints / kind))
+        for step in range(start, total + 1):
+            final = step == total
+            saving = cfg.save_checkpoints and step > start
+            progress.saves = []
+            # RNG states as they are before the evaluation: a resumed run redoes it
+            rng = resume_state.rng_state() if saving else None
+            if step > 0 and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
+                progress.metrics = _evaluate(parts, writer, step, cfg.eval_batch_size,
+                                             cfg.progress)
+                if saving and _score(progress.metrics) > progress.best_score:
+                    progress.best_score = _score(progress.metrics)
+                    save(["best"], step, rng)
+            periodic = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+            if saving and (final or periodic):
+                keep = periodic and cfg.keep_checkpoints > 0
+                save([f"step-{step}"] * keep + ["last"], step, rng)
+                if keep:
+                    ckpt.rotate_checkpoints(checkpoints, cfg.keep_checkpoints, step)
+            if cfg.probe_every and (final or step % cfg.probe_every == 0):
+                probed = probe(parts, step, parts.scheduler.get_last_lr()[0],
+                               measure=cfg.measure_counterfactual)
+                if probed.fault is None:
+                    monitor.probe(step, probed.block_gramians, probed.losses,
+                                  probed.counterfactuals)
+                else:
+                    _nonfinite(cfg.nonfinite, f"step {step}: probe: {probed.fault}", "probe",
+                               checkpoints)
+                    writer.log_scalars(step, {"skipped_probe": 1.0})
+            if final:
+                break
+
+            t0 = time.perf_counter()
+            active = [parts.tasks[i] for i in parts.schedule.active_tasks(step)]
+            result = train_step(parts, active, step)
+            if result.fault is not None:
+                _nonfinite(cfg.nonfinite, f"step {step}: {result.fault}", "step", checkpoints)
+                progress.skipped_steps += 1
+                writer.log_scalars(step, {"skipped": 1.0})
+                parts.optimizer.zero_grad(set_to_none=True)
+                parts.scheduler.step()
+            else:
+                lr = parts.scheduler.get_last_lr()[0]
+                parts.optimizer.step()
+                parts.scheduler.step()
+                monitor.train_step(step, active, result.losses, result.weights, result.output,
+                                   result.block_gramians if parts.schedule.is_joint and
+                                   cfg.log_train_gramians else None,
+                                   lr=lr, grad_norm=result.grad_norm,
+                                   step_time=time.perf_counter() - t0)
+                bar.set_postfix({t: f"{v:.3f}" for t, v in zip(active, result.losses.tolist(),
+                                                               strict=True)})
+            bar.update(1)
+            if after_step is not None:
+                after_step(step, parts.model)
+    except BaseException as err:
+        try:
+            writer.close(status="stopped" if isinstance(err, KeyboardInterrupt) else "failed")
+        except StoreError:
+            pass  # keep the original error (e.g. a full disk already raised it)
+        raise
+    finally:
+        bar.close()
+    wall = wall_before + time.perf_counter() - t_start
+    writer.log_scalars(total, {"wall_time": wall})
+    writer.close(status="finished")
+    if dist.is_main:
+        write_atomic(run_dir / "metrics.json",
+                     json.dumps({"metrics": progress.metrics, "wall_time": wall}, indent=1))
+    return RunHandle(run_dir, cfg, progress.metrics, wall, progress.skipped_steps)
+
+
+def _nonfinite(policy: str, message: str, what: str, checkpoints: Path) -> None:
+    """The non-finite policy: "error" stops the run, "skip" warns (the caller skips)."""
+    if policy == "error":
+        raise NonFiniteError(message + _last_good(checkpoints))
+    warnings.warn(f"{message} -- {what} skipped", RuntimeWarning, stacklevel=3)
+
+
+def _evaluate(parts: Parts, writer: Any, step: int, batch_size: int, progress: bool) -> dict:
+    """Dev metrics of every task (rank 0 only), logged to the store."""
+    if not parts.dist.is_main:
+        return {}
+    metrics = evaluate(parts.model, parts.dev_sets, special_ids=parts.special,
+                       max_length=parts.max_length, batch_size=batch_size, progress=progress)
+    for task, values in metrics.items():
+        writer.log_eval(step, "dev", task, values)
+    writer.flush()
+    return metrics
+
+
+def _score(metrics: dict) -> float:
+    overall = metrics.get("overall", {})
+    value = overall.get("score", overall.get("mean", -math.inf))
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
+def _nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
+
+def _last_good(checkpoints: Path) -> str:
+    last = checkpoints / "last"
+    try:
+        step = ckpt.read_state(last)["step"]
+    except (ckpt.CheckpointError, KeyError):
+        return "; no checkpoint was saved"
+    return f"; the last good checkpoint is kept: {last} (step {step})"
+
+
+__all__ = ["NonFiniteError", "RunHandle", "train"]
