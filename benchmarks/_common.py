@@ -244,8 +244,6 @@ def random_batches(model, tasks: Sequence[str], *, batch_size: int, seq_len: int
     padding). Single-sentence tasks: one [B, L] input; bi-encoder pair tasks: two [B, L]
     inputs (suffixes _a, _b). Labels: 5 classes (sst-like), 0/1 (para), uniform in [0, 5] (sts).
     """
-    from gradlab.tasks import TASKS
-
     generator = torch.Generator().manual_seed(seed)
 
     def ids() -> dict[str, torch.Tensor]:
@@ -267,7 +265,7 @@ def random_batches(model, tasks: Sequence[str], *, batch_size: int, seq_len: int
             batch = ids()
         else:
             raise ValueError(f"task {task!r}: layout {layout!r} is not benchmarked")
-        spec = TASKS[task]
+        spec = model.task_specs[task]
         if spec.output == "class":
             labels = torch.randint(0, spec.num_classes, (batch_size,), generator=generator)
         elif spec.output == "binary":
@@ -338,13 +336,13 @@ def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
     set_to_none: PyTorch's default zero_grad (autograd allocates fresh .grad tensors every
     step); False zeroes the previous step's .grad tensors in place instead.
     """
-    from gradlab.tasks import TASKS, task_loss
+    from gradlab.tasks import task_loss
     from gradlab.trainer import _clip
 
     t0 = time.perf_counter()
     s.optimizer.zero_grad(set_to_none=set_to_none)
-    total = sum(task_loss(TASKS[t], s.model(t, s.batches[t]), s.batches[t]["labels"],
-                          s.cfg.sts_loss) for t in s.tasks)
+    total = sum(task_loss(s.model.task_specs[t], s.model(t, s.batches[t]),
+                          s.batches[t]["labels"]) for t in s.tasks)
     if not math.isfinite(total.item()):
         raise FloatingPointError("non-finite summed loss")
     total.backward()
@@ -375,7 +373,7 @@ class EngineStep:
     method_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, timings: dict[str, float] | None = None) -> None:
-        from gradlab.tasks import TASKS, task_loss
+        from gradlab.tasks import task_loss
         from gradlab.trainer import _clip, _method_input, _nonfinite_block
 
         s, engine, tasks = self.setup, self.engine, self.setup.tasks
@@ -385,7 +383,7 @@ class EngineStep:
         for row, task in enumerate(tasks):
             batch = s.batches[task]
             engine.bind_row(row)
-            loss = task_loss(TASKS[task], s.model(task, batch), batch["labels"], s.cfg.sts_loss)
+            loss = task_loss(s.model.task_specs[task], s.model(task, batch), batch["labels"])
             losses[row] = loss.item()
             if not math.isfinite(losses[row]):
                 raise FloatingPointError(f"non-finite loss for task {task!r}")

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -43,7 +44,6 @@ __all__ = [
     "bucketed_batches",
     "clear_tokenization_cache",
     "collate",
-    "load_task",
     "read_task_file",
     "resolve_data_dir",
     "special_token_ids",
@@ -113,16 +113,18 @@ class ReaderSpec:
             raise ValueError("invalid ReaderSpec: " + "; ".join(problems))
 
 
-DEFAULT_READERS: dict[str, ReaderSpec] = {
+# The built-in tasks' readers and files (read-only; a run's task table, with its extra tasks
+# and file changes, comes from gradlab.tasks.task_table)
+DEFAULT_READERS: Mapping[str, ReaderSpec] = MappingProxyType({
     "sst": ReaderSpec(("sentence",), "sentiment", "class", 5, (0, 4)),
     "para": ReaderSpec(("sentence1", "sentence2"), "is_duplicate", "binary", 2, (0, 1)),
     "sts": ReaderSpec(("sentence1", "sentence2"), "similarity", "regression", None, (0, 5)),
-}
-DEFAULT_FILES: dict[str, tuple[str, str]] = {  # task -> (train file, dev file)
+})
+DEFAULT_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({  # task -> (train, dev file)
     "sst": ("ids-sst-train.csv", "ids-sst-dev.csv"),
     "para": ("quora-train.csv", "quora-dev.csv"),
     "sts": ("sts-train.csv", "sts-dev.csv"),
-}
+})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,24 +189,6 @@ class TaskExamples:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def load_task(
-    task: str,
-    split: Literal["train", "dev"],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    strict: bool = False,
-    limit: int | None = None,
-) -> TaskExamples:
-    """Read the default file of ``task`` ("sst", "para", "sts") for ``split`` ("train"/"dev")."""
-    if task not in DEFAULT_FILES:
-        raise ValueError(f"task must be one of {sorted(DEFAULT_FILES)}, found {task!r}")
-    if split not in ("train", "dev"):
-        raise ValueError(f"split must be 'train' or 'dev', found {split!r}")
-    filename = DEFAULT_FILES[task][0 if split == "train" else 1]
-    path = resolve_data_dir(data_dir) / filename
-    return read_task_file(path, DEFAULT_READERS[task], task=task, strict=strict, limit=limit)
 
 
 def read_task_file(

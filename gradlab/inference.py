@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from gradlab.checkpoint import CheckpointError, compare_keys, load_checkpoint, resolve_checkpoint
-from gradlab.config import config_from_dict, load_config, to_dict
-from gradlab.data import DEFAULT_READERS, read_task_file, special_token_ids, tokenize_texts
+from gradlab.config import config_from_dict, parse_overrides
+from gradlab.data import read_task_file, special_token_ids, tokenize_texts
 from gradlab.evaluate import EvalSet, evaluate, predict, write_predictions
 from gradlab.trainer import build_model, load_split
 
 # Config keys that define the model's parameters: a checkpoint fixes them.
-MODEL_KEYS = ("tasks", "encoder", "tiny_encoder", "pooling", "sst_head", "pair_head",
+MODEL_KEYS = ("tasks", "encoder", "tiny_encoder", "pooling", "single_head", "pair_head",
               "para_head", "sts_head")
 
 
@@ -25,14 +25,12 @@ def load_model(checkpoint: str | Path, overrides: list[str] | None = None):
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path / 'state.json'} holds no config")
     values = dict(state["config"])
-    if overrides:
-        keys = {o.split("=", 1)[0].strip() for o in overrides}
-        fixed = sorted(keys & set(MODEL_KEYS))
-        if fixed:
-            raise ValueError(f"overrides {fixed} would change the model; a checkpoint's model "
-                             f"is fixed by its own config ({path / 'state.json'})")
-        values.update({k: v for k, v in to_dict(load_config(None, overrides)).items()
-                       if k in keys})
+    changes = parse_overrides(overrides)
+    fixed = sorted(set(changes) & set(MODEL_KEYS))
+    if fixed:
+        raise ValueError(f"overrides {fixed} would change the model; a checkpoint's model "
+                         f"is fixed by its own config ({path / 'state.json'})")
+    values.update(changes)  # validated with the checkpoint's config, not the defaults
     cfg = config_from_dict(values, str(path / "state.json"))
     model, tokenizer = build_model(cfg)
     missing, unexpected = compare_keys(model.state_dict(), model_state)
@@ -66,11 +64,13 @@ def predict_file(checkpoint: str | Path, task: str, input_path: str | Path,
     model, tokenizer, cfg = load_model(checkpoint, overrides)
     if task not in cfg.tasks:
         raise ValueError(f"task {task!r} is not one of the checkpoint's tasks {cfg.tasks}")
-    examples = read_task_file(Path(input_path), DEFAULT_READERS[task], task=task, labels=None)
-    eval_set = EvalSet(task, tokenize_texts(examples, tokenizer), examples.ids)
+    spec = model.task_specs[task]
+    examples = read_task_file(Path(input_path), spec.reader, task=task, labels=None)
+    eval_set = EvalSet(task, tokenize_texts(examples, tokenizer, cache_dir=cfg.tokenization_cache),
+                       examples.ids)
     predicted = predict(model, eval_set, special_ids=special_token_ids(tokenizer),
                         max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
-    return write_predictions(out_path, examples.ids, predicted, task), len(predicted)
+    return write_predictions(out_path, examples.ids, predicted, spec), len(predicted)
 
 
 __all__ = ["evaluate_checkpoint", "load_model", "predict_file"]

@@ -15,7 +15,6 @@ step and counts it (``nonfinite="skip"``); the last good checkpoint is never ove
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -35,11 +34,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from gradlab import checkpoint as ckpt
-from gradlab.config import TrainConfig, load_config, to_dict
+from gradlab.config import TrainConfig, load_config, replace, task_table_args, to_dict, upgrade_keys
 from gradlab.data import (
-    DEFAULT_FILES,
-    DEFAULT_READERS,
-    ReaderSpec,
     TaskBatcher,
     TokenizedTask,
     collate,
@@ -64,7 +60,7 @@ from gradlab.regularizers import smart_loss
 from gradlab.rundir import RunLock, check_run_folder, write_atomic
 from gradlab.schedules import get_schedule
 from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
-from gradlab.tasks import TASKS, register_aux_task, task_loss
+from gradlab.tasks import task_loss, task_table
 
 
 class NonFiniteError(FloatingPointError):
@@ -113,8 +109,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: bool = Fals
 def _resolve_config(config: TrainConfig | str | Path | None, overrides: dict[str, Any]
                     ) -> TrainConfig:
     if isinstance(config, TrainConfig):
-        values = {**to_dict(config), **overrides}
-        return load_config(None, values)
+        return replace(config, **overrides)
     return load_config(config, overrides)
 
 
@@ -123,23 +118,13 @@ def _resolve_config(config: TrainConfig | str | Path | None, overrides: dict[str
 
 def build_model(cfg: TrainConfig) -> tuple[MultitaskModel, Any]:
     """The model and tokenizer a config describes (encoder weights: pretrained or seeded)."""
-    _register_aux_tasks(cfg)
+    tasks = task_table(**task_table_args(cfg))  # this run's tasks, heads and losses
     tokenizer = load_tokenizer(cfg.encoder)
     encoder = load_encoder(cfg.encoder, tiny=cfg.tiny_encoder, seed=cfg.seed)
-    pair_heads = {"para": cfg.para_head or cfg.pair_head, "sts": cfg.sts_head or cfg.pair_head}
-    if pair_heads["para"] == "cosine":
-        pair_heads["para"] = "bi"
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        model = MultitaskModel(encoder, cfg.tasks, pooling=cfg.pooling, sst_head=cfg.sst_head,
-                               pair_heads={t: pair_heads[t] for t in cfg.tasks if t in pair_heads},
-                               dropout=cfg.head_dropout)
+        model = MultitaskModel(encoder, tasks, pooling=cfg.pooling, dropout=cfg.head_dropout)
     return model.to(cfg.device), tokenizer
-
-
-def _register_aux_tasks(cfg: TrainConfig) -> None:
-    for name, options in cfg.aux_tasks.items():
-        register_aux_task(name, options)
 
 
 def load_split(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalSet:
@@ -148,35 +133,21 @@ def load_split(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalS
     Training data of the ``eda_tasks`` gets EDA-augmented copies of ``eda_fraction`` of its
     rows (seeded by the run's seed and the task, so a resumed run rebuilds the same data).
     """
-    _register_aux_tasks(cfg)
-    overrides = cfg.task_files.get(task) or {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"task_files[{task!r}] must be a mapping (train, dev, text_columns, "
-                         f"...), found {overrides!r}")
-    overrides = dict(overrides)
-    filename = overrides.pop(split, DEFAULT_FILES[task][0 if split == "train" else 1])
-    overrides.pop("train", None)
-    overrides.pop("dev", None)
-    fields = [f.name for f in dataclasses.fields(ReaderSpec)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"task_files[{task!r}]: unknown key(s) {unknown}; allowed: "
-                         f"{['train', 'dev', *fields]}")
-    spec = dataclasses.replace(DEFAULT_READERS[task], **overrides) if overrides else \
-        DEFAULT_READERS[task]
-    path = Path(filename)
+    spec = task_table(**task_table_args(cfg))[task]  # files and reader, task_files applied
+    path = Path(spec.file(split))
     if not path.is_absolute():
         path = resolve_data_dir(cfg.data_dir) / path
     if not path.is_file():
         raise FileNotFoundError(f"task {task!r}: {split} file {path} does not exist")
     limit = cfg.train_limit if split == "train" else cfg.dev_limit
-    examples = read_task_file(path, spec, task=task, strict=cfg.strict_data, limit=limit)
+    examples = read_task_file(path, spec.reader, task=task, strict=cfg.strict_data, limit=limit)
     if split == "train" and task in cfg.eda_tasks and cfg.eda_fraction > 0:
         from gradlab.augment import augment_examples
 
         rng = np.random.default_rng([cfg.seed, zlib.crc32(task.encode())])
         examples = augment_examples(examples, rng, cfg.eda_fraction, **cfg.eda_args)
-    return EvalSet(task, tokenize_texts(examples, tokenizer), examples.ids)
+    return EvalSet(task, tokenize_texts(examples, tokenizer, cache_dir=cfg.tokenization_cache),
+                   examples.ids)
 
 
 def _optimizer(model: MultitaskModel, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -213,7 +184,7 @@ def probe_indices(num_examples: int, batch_size: int, seed: int, task: str) -> n
 # Config keys a resumed run may change: none of them alters the trained parameters.
 RESUMABLE_CHANGES = ("name", "runs_dir", "data_dir", "progress", "threads", "device",
                      "eval_batch_size", "nonfinite", "checkpoint_every", "keep_checkpoints",
-                     "save_checkpoints")
+                     "save_checkpoints", "tokenization_cache")
 
 
 class Trainer:
@@ -261,7 +232,7 @@ class Trainer:
             else nullcontext()
         with autocast:
             predictions = model(task, batch)
-        loss = task_loss(TASKS[task], predictions.float(), batch["labels"], cfg.sts_loss)
+        loss = task_loss(model.task_specs[task], predictions.float(), batch["labels"])
         value = loss.item()
         weight = cfg.smart_weight.get(task, 0.0) if smart else 0.0
         if weight and math.isfinite(value):
@@ -298,7 +269,7 @@ class Trainer:
                               f"examples are longer than max_length={cfg.max_length} tokens "
                               "and are truncated", stacklevel=3)
         batchers = {t: TaskBatcher(len(train_sets[t].tokenized), cfg.batch_size, seed=cfg.seed,
-                                   task=t) for t in tasks}
+                                   task=t, drop_last=cfg.drop_last) for t in tasks}
 
         def batch_of(task: str, tokenized: TokenizedTask, index: np.ndarray) -> dict:
             index = shard(index, self.dist)  # this rank's share of the global batch
@@ -661,6 +632,7 @@ def _check_compatible(saved: dict, cfg: TrainConfig, source: Path) -> None:
     A key the saved config lacks (added to gradlab later) counts as its default.
     """
     current, defaults = to_dict(cfg), to_dict(TrainConfig())
+    saved = upgrade_keys(saved, str(source), warn=False)  # renamed keys of earlier versions
     problems = [f"{k}: the run has {saved.get(k, defaults[k])!r}, the config {v!r}"
                 for k, v in current.items()
                 if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]

@@ -1,11 +1,35 @@
-"""Config: defaults -> YAML -> key=value overrides; unknown keys listed at once; safe YAML."""
+"""Config: defaults -> YAML -> key=value overrides merged, then validated once; unknown keys
+and bad values listed at once; renamed keys read with a warning; safe YAML."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import shutil
+from pathlib import Path
 
-from gradlab.config import ConfigError, TrainConfig, config_keys, load_config, save_config
+import pytest
+import torch
+import yaml
+from conftest import DATA_DIR, ROOT
+from safetensors.torch import load_file
+
+from gradlab.cli import main
+from gradlab.config import (
+    ConfigError,
+    TrainConfig,
+    config_keys,
+    load_config,
+    parse_overrides,
+    replace,
+    save_config,
+    to_dict,
+)
+from gradlab.data import DEFAULT_FILES
+from gradlab.inference import evaluate_checkpoint
+from gradlab.methods import METHODS
+from gradlab.run import load_run
 from gradlab.schedules import Joint, RoundRobin, Sequential, get_schedule
+from gradlab.trainer import train
 
 
 def test_overrides_are_parsed_as_yaml_values():
@@ -76,3 +100,132 @@ def test_schedules_order_tasks():
         get_schedule("x", 3, 5)
     with pytest.raises(ValueError, match="summing to steps"):
         Sequential(2, 5, [1, 1])
+
+
+# --- one parse: file + overrides merged, then validated ------------------------------------------
+
+AUX_CONFIG = ROOT / "configs" / "aux_task.yaml"
+
+
+def aux_data_dir(folder: Path) -> Path:
+    """A data folder for configs/aux_task.yaml: the shared task files (linked, not copied)
+    and a small CoLA-like binary task."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (n for pair in DEFAULT_FILES.values() for n in pair):
+        (folder / name).symlink_to(DATA_DIR / name)
+    rows = ["sentence\tlabel"] + [f"the sentence number {i} is {'fine' if i % 2 else 'odd'}"
+                                  f"\t{i % 2}" for i in range(40)]
+    for split in ("train", "dev"):
+        (folder / f"cola-{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_overrides_are_validated_with_the_file_not_the_defaults():
+    cfg = load_config(AUX_CONFIG, ["tasks=[sst,cola]"])
+    assert cfg.tasks == ["sst", "cola"] and "cola" in cfg.aux_tasks
+    with pytest.raises(ConfigError, match="unknown task 'cola'"):
+        load_config(None, ["tasks=[sst,cola]"])  # without the file there is no cola
+
+
+def test_file_and_override_problems_are_listed_together(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("steps: 0\nsingle_head: deep\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["method=nope", "oops", "pair_head=3"])
+    assert err.value.problems == [
+        "override 'oops' is not of the form key=value",
+        "pair_head=3 must be of type str",
+        "single_head='deep' is not one of ['linear', 'mlp']",
+        f"method='nope' is not one of {sorted(METHODS)}",
+        "steps=0 must be an integer >= 1",
+    ]
+
+
+def test_one_override_parser():
+    assert parse_overrides(["steps=10", "tasks=[sst, sts]", "lr=1e-4", "data_dir=",
+                            "name=a=b"]) == {"steps": 10, "tasks": ["sst", "sts"], "lr": 1e-4,
+                                             "data_dir": None, "name": "a=b"}
+    assert parse_overrides({"steps": 3}) == {"steps": 3} and parse_overrides(None) == {}
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(["steps", "=3", "ok=1"])
+    assert len(err.value.problems) == 2
+    with pytest.raises(TypeError, match="list of 'key=value' items"):
+        parse_overrides("steps=3")
+
+
+def test_replace_validates_the_result():
+    cfg = replace(TrainConfig(), steps=5, sts_head="cross")
+    assert (cfg.steps, cfg.sts_head) == (5, "cross")
+    with pytest.raises(ConfigError, match="steps=0"):
+        replace(cfg, steps=0)
+
+
+def test_renamed_keys_are_read_with_a_warning(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("sst_head: mlp\nsts_loss: pearson\n")
+    with pytest.warns(FutureWarning) as record:
+        cfg = load_config(path)
+    assert [str(w.message).split(": ", 1)[1] for w in record] == [
+        "config key 'sst_head' is deprecated; it is read as 'single_head'",
+        "config key 'sts_loss' is deprecated; it is read as 'regression_loss'"]
+    assert (cfg.single_head, cfg.regression_loss) == ("mlp", "pearson")
+    assert "sst_head" not in to_dict(cfg) and "sts_loss" not in to_dict(cfg)
+    with pytest.warns(FutureWarning):
+        assert load_config(None, ["sst_head=mlp"]).single_head == "mlp"
+        assert replace(cfg, sts_loss="mse").regression_loss == "mse"
+        assert load_config(None, {"sst_head": "mlp", "single_head": "mlp"}).single_head == "mlp"
+    with pytest.raises(ConfigError, match=r"sst_head='mlp' \(the deprecated name of "
+                                          r"'single_head'\) contradicts single_head='linear'"):
+        load_config(None, {"sst_head": "mlp", "single_head": "linear"})
+
+
+def test_cli_trains_the_aux_recipe_with_a_task_override(tmp_path, tiny_overrides, capsys):
+    """`gradlab train --config configs/aux_task.yaml tasks=[sst,cola]`: the override names a
+    task the file defines."""
+    data = aux_data_dir(tmp_path / "data")
+    args = [f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
+            for k, v in {**tiny_overrides, "steps": 3, "eval_every": 0}.items()]
+    assert main(["train", "--config", str(AUX_CONFIG), "tasks=[sst,cola]",
+                 f"data_dir={data}", *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["metrics"]) == {"sst", "cola", "overall"}
+    run = load_run(out["run"])
+    assert run.tasks == ["sst", "cola"] and run.status == "finished"
+
+
+def old_config(cfg: TrainConfig | dict) -> dict:
+    """A config as gradlab wrote it before single_head, regression_loss, drop_last and
+    tokenization_cache."""
+    values = to_dict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
+    renames = {"single_head": "sst_head", "regression_loss": "sts_loss"}
+    values = {renames.get(k, k): v for k, v in values.items()}
+    return {k: v for k, v in values.items() if k not in ("drop_last", "tokenization_cache")}
+
+
+def test_run_folders_of_earlier_versions_resume_and_evaluate(tmp_path, tiny_overrides):
+    """A run saved with the old keys sst_head / sts_loss resumes (ending as the
+    uninterrupted run) and evaluates."""
+    values = {**tiny_overrides, "name": "old", "steps": 4, "checkpoint_every": 2,
+              "eval_every": 0, "single_head": "mlp", "regression_loss": "pearson"}
+    handle = train(None, **values)
+    run = handle.path
+    final = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    # write the folder as an earlier version did: old key names, no newer keys
+    (run / "config.yaml").write_text(yaml.safe_dump(old_config(load_config(
+        run / "config.yaml")), sort_keys=False))
+    for file in (run / "checkpoints").glob("*/state.json"):
+        state = json.loads(file.read_text())
+        state["config"] = old_config(state["config"])
+        file.write_text(json.dumps(state))
+    assert "single_head" not in (run / "checkpoints" / "step-2" / "state.json").read_text()
+    with pytest.warns(FutureWarning, match="is deprecated"):
+        metrics = evaluate_checkpoint(run / "checkpoints" / "last")
+    assert metrics["sst"] == pytest.approx(handle.metrics["sst"])
+    for kind in ("last", "best", "step-4"):
+        shutil.rmtree(run / "checkpoints" / kind, ignore_errors=True)
+    with pytest.warns(FutureWarning, match="is deprecated"):
+        cfg = load_config(run / "config.yaml")
+    resumed = train(cfg, resume=True)  # from step 2
+    assert resumed.load().status == "finished"
+    again = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.equal(again[k], final[k]) for k in final)
