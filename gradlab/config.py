@@ -11,6 +11,7 @@ plain arguments.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -298,8 +299,8 @@ def validate(cfg: TrainConfig) -> list[str]:
     try:
         task_table(**task_table_args(cfg))
     except TaskTableError as err:
-        mistyped = [x.split("=", 1)[0] for x in p]  # keys already reported: once is enough
-        p += [x for x in err.problems if not x.startswith(tuple(mistyped))]
+        mistyped = {_key_of(x) for x in p}  # keys already reported: once is enough
+        p += [x for x in err.problems if _key_of(x) not in mistyped]
     choice("method", sorted(METHODS))
     choice("schedule", sorted(SCHEDULES))
     choice("step_budget", ["optimizer", "per_task"])
@@ -337,6 +338,11 @@ def validate(cfg: TrainConfig) -> list[str]:
     choice("precision", ["fp32", "bf16"])
     p += _recipe_problems(cfg)
     return p
+
+
+def _key_of(problem: str) -> str:
+    """The config key a problem line starts with ("aux_tasks['x']: ..." -> "aux_tasks")."""
+    return re.split(r"[=\[:]", problem, maxsplit=1)[0]
 
 
 def _recipe_problems(cfg: TrainConfig) -> list[str]:

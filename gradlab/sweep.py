@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from gradlab.config import (
+    DEPRECATED_KEYS,
     ConfigError,
     TrainConfig,
     config_keys,
@@ -170,7 +171,7 @@ def parse_grid(grid: Sequence[str]) -> dict[str, list[Any]]:
         raise TypeError(f"grid must be a list of 'key=v1,v2' items, found the string {grid!r}")
     axes: dict[str, list[Any]] = {}
     problems = []
-    valid = config_keys()
+    valid = [*config_keys(), *DEPRECATED_KEYS]  # renamed keys: run names keep their spelling
     seen: set[str] = set()
     for item in grid:
         key, sep, raw = str(item).partition("=")

@@ -165,12 +165,15 @@ def task_table(
     if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks:
         problems.append(f"tasks={tasks!r} must be a non-empty list of {known}")
         tasks = []
+    elif not all(isinstance(t, str) for t in tasks):
+        problems.append(f"tasks={list(tasks)!r} must be a list of task names (strings)")
+        tasks = []
     else:
         for t in tasks:
             if t not in known:
                 problems.append(f"tasks: unknown task {t!r}; known tasks: {known} (a new task "
                                 "needs an aux_tasks entry)")
-        if len(set(map(str, tasks))) != len(tasks):
+        if len(set(tasks)) != len(tasks):
             problems.append(f"tasks={list(tasks)!r} lists a task twice")
     if not isinstance(task_files, Mapping):
         problems.append(f"task_files={task_files!r} must be a mapping of task name -> files "

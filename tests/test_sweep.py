@@ -226,3 +226,10 @@ def test_cli_sweeps_the_aux_recipe_over_two_seeds_in_one_process(sweep_args, tmp
     assert list(table["run"]) == ["seed-0", "seed-1"]
     assert (table["status"] == "finished").all(), table["error"].tolist()
     assert table["cola.accuracy"].notna().all() and table["sts.pearson"].notna().all()
+
+
+def test_grid_reads_renamed_keys_and_keeps_their_run_names(tmp_path):
+    with pytest.warns(FutureWarning, match="'sst_head' is deprecated"):
+        runs = plan_sweep(None, ["sst_head=linear,mlp"], [0], tmp_path, ["steps=2"])
+    assert [r.name for r in runs] == ["sst_head-linear_seed-0", "sst_head-mlp_seed-0"]
+    assert [r.config.single_head for r in runs] == ["linear", "mlp"]

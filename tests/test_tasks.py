@@ -191,3 +191,11 @@ def test_overall_metrics_pinned():
     assert overall_metrics({"sst": {"accuracy": 0.5}, "sts": {"pearson": 0.6}}) == \
         {"mean": pytest.approx(0.55)}  # no score without all three
     assert overall_metrics({}) == {}
+
+
+def test_task_names_must_be_strings():
+    with pytest.raises(TaskTableError, match=r"tasks=\[\['sst'\]\] must be a list of task "
+                                              r"names"):
+        task_table([["sst"]])
+    with pytest.raises(TaskTableError, match="tasks='sst' must be a non-empty list"):
+        task_table("sst")
