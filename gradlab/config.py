@@ -204,8 +204,8 @@ def upgrade_keys(values: Mapping[str, Any], source: str = "config", *, warn: boo
     """``values`` with the renamed keys of earlier versions (`DEPRECATED_KEYS`) under their
     current names, with a FutureWarning naming ``source`` (unless ``warn`` is False).
 
-    An old key given together with its new one keeps the new one's value when they agree;
-    when they differ, both stay, and validation reports the old key as unknown.
+    An old key given together with its new one is dropped when they agree; when they
+    differ, both stay, and `config_from_dict` reports the contradiction.
     """
     out = dict(values)
     for old, new in DEPRECATED_KEYS.items():
@@ -261,7 +261,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config",
             known[key] = parse_value(value)  # YAML 1.1 reads "5e-5" as a string
     cfg = TrainConfig(**known)
     problems += validate(cfg)
-    if unknown:
+    if any(key not in DEPRECATED_KEYS for key in unknown):
         problems.append("valid keys: " + ", ".join(valid))
     if problems:
         raise ConfigError(problems, source)

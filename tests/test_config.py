@@ -229,3 +229,12 @@ def test_run_folders_of_earlier_versions_resume_and_evaluate(tmp_path, tiny_over
     assert resumed.load().status == "finished"
     again = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     assert all(torch.equal(again[k], final[k]) for k in final)
+
+
+def test_module_examples_run():
+    import doctest
+
+    from gradlab import config
+
+    result = doctest.testmod(config)
+    assert result.failed == 0 and result.attempted >= 4

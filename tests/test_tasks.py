@@ -199,3 +199,11 @@ def test_task_names_must_be_strings():
         task_table([["sst"]])
     with pytest.raises(TaskTableError, match="tasks='sst' must be a non-empty list"):
         task_table("sst")
+
+
+def test_module_examples_run():
+    import doctest
+
+    from gradlab import tasks
+
+    assert doctest.testmod(tasks).failed == 0
