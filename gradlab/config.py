@@ -11,7 +11,6 @@ plain arguments.
 from __future__ import annotations
 
 import difflib
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gradlab.config_checks import show
 
 #: old key -> its current name; an old key is read as the new one, with a FutureWarning
 DEPRECATED_KEYS = {"sst_head": "single_head", "sts_loss": "regression_loss"}
@@ -29,6 +30,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
+        self.source = source
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
 
@@ -155,14 +157,78 @@ def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
     if not path.is_file():
         return {}, [f"config file {path} does not exist"]
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        return {}, [f"{path} is not valid YAML: {err}"]
+        loaded = safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return {}, [f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                    f"{err.start})"]
+    except OSError as err:
+        return {}, [f"cannot read {path}: {err.strerror or err}"]
+    except (yaml.YAMLError, YAMLTooLargeError) as err:
+        return {}, [f"{path} is not valid YAML: {' '.join(str(err).split())}"]
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
         return {}, [f"{path} must hold a mapping of keys, found {type(loaded).__name__}"]
     return upgrade_keys(loaded, str(path)), []
+
+
+#: nodes a YAML text may expand to once its aliases are resolved (a config has a few hundred)
+MAX_YAML_NODES = 100_000
+
+
+class YAMLTooLargeError(ValueError):
+    """A YAML text whose aliases expand past `MAX_YAML_NODES` (a "billion laughs" bomb),
+    that refers to itself, or that is nested too deeply to read."""
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses, in time linear in the text, a document whose nested
+    aliases expand to more than `MAX_YAML_NODES` nodes, a recursive alias, and nesting
+    deeper than Python's recursion limit (`YAMLTooLargeError`)."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise YAMLTooLargeError("the YAML is nested too deeply") from None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of ``root`` with every alias expanded (memoised per node, so a bomb is
+    measured without being expanded)."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        children = _children(node)
+        if done:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise YAMLTooLargeError(
+                    f"its aliases expand to more than {MAX_YAML_NODES} values (nested "
+                    "aliases, a 'billion laughs' text?)")
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_nodes:
+            raise YAMLTooLargeError("an alias refers to the value that contains it")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -195,7 +261,10 @@ def _parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None
         if not sep or not key.strip():
             problems.append(f"override {item!r} is not of the form key=value")
             continue
-        values[key.strip()] = parse_value(raw)
+        try:
+            values[key.strip()] = parse_value(raw)
+        except YAMLTooLargeError as err:
+            problems.append(f"{key.strip()}: the value is refused: {err}")
     return upgrade_keys(values, "overrides"), problems
 
 
@@ -222,11 +291,13 @@ def upgrade_keys(values: Mapping[str, Any], source: str = "config", *, warn: boo
 
 
 def parse_value(raw: str) -> Any:
-    """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats."""
+    """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats.
+    Text that is not YAML is kept as a string; raises `YAMLTooLargeError` for an alias bomb.
+    """
     if not raw.strip():
         return None
     try:
-        value = yaml.safe_load(raw)
+        value = safe_load(raw)
     except yaml.YAMLError:
         return raw
     if isinstance(value, str):
@@ -251,14 +322,17 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config",
             problems.append(f"{key}={values[key]!r} (the deprecated name of {new!r}) "
                             f"contradicts {new}={values[new]!r}; give only {new!r}")
             continue
-        close = difflib.get_close_matches(key, valid, n=1)
+        close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"unknown key {key!r}{hint}")
+        problems.append(f"unknown key {show(key)}{hint}")
     known = {k: v for k, v in values.items() if k in valid}
     defaults = TrainConfig()
     for key, value in list(known.items()):
         if isinstance(getattr(defaults, key), float) and isinstance(value, str):
-            known[key] = parse_value(value)  # YAML 1.1 reads "5e-5" as a string
+            try:
+                known[key] = float(value)  # YAML 1.1 reads "5e-5" as a string
+            except ValueError:
+                pass  # the type check names it
     cfg = TrainConfig(**known)
     problems += validate(cfg)
     if any(key not in DEPRECATED_KEYS for key in unknown):
@@ -278,113 +352,11 @@ def task_table_args(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def validate(cfg: TrainConfig) -> list[str]:
-    """Every problem with a config's values (empty list when it is fine)."""
-    from gradlab.methods import METHODS
-    from gradlab.schedules import SCHEDULES
-    from gradlab.tasks import TaskTableError, task_table
+    """Every problem with a config's values (empty list when it is fine): each key's type and
+    range (`gradlab.config_checks`)."""
+    from gradlab.config_checks import config_problems
 
-    p: list[str] = _type_problems(cfg)
-
-    def choice(key: str, allowed: list[str]) -> None:
-        value = getattr(cfg, key)
-        if value not in allowed:
-            p.append(f"{key}={value!r} is not one of {allowed}")
-
-    def positive(key: str, zero_ok: bool = False) -> None:
-        value = getattr(cfg, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
-            p.append(f"{key}={value!r} must be an integer >= {0 if zero_ok else 1}")
-
-    # tasks, heads, losses, aux_tasks, task_files: the task table names its problems
-    try:
-        task_table(**task_table_args(cfg))
-    except TaskTableError as err:
-        mistyped = {_key_of(x) for x in p}  # keys already reported: once is enough
-        p += [x for x in err.problems if _key_of(x) not in mistyped]
-    choice("method", sorted(METHODS))
-    choice("schedule", sorted(SCHEDULES))
-    choice("step_budget", ["optimizer", "per_task"])
-    choice("pooling", ["mean", "cls"])
-    choice("nonfinite", ["error", "skip"])
-    for key in ("steps", "batch_size", "eval_batch_size", "max_length", "probe_batch_size"):
-        positive(key)
-    for key in ("eval_every", "probe_every", "checkpoint_every", "keep_checkpoints"):
-        positive(key, zero_ok=True)
-    for key in ("train_limit", "dev_limit"):
-        if getattr(cfg, key) is not None:
-            positive(key)
-    if isinstance(cfg.max_length, int) and cfg.max_length < 8:
-        p.append(f"max_length={cfg.max_length} is too short (at least 8 tokens)")
-    if not isinstance(cfg.lr, int | float) or cfg.lr <= 0:
-        p.append(f"lr={cfg.lr!r} must be a positive number")
-    if not isinstance(cfg.warmup_ratio, int | float) or not 0 <= cfg.warmup_ratio < 1:
-        p.append(f"warmup_ratio={cfg.warmup_ratio!r} must be in [0, 1)")
-    if cfg.max_grad_norm is not None and (
-        not isinstance(cfg.max_grad_norm, int | float) or cfg.max_grad_norm <= 0
-    ):
-        p.append(f"max_grad_norm={cfg.max_grad_norm!r} must be positive or null")
-    for m in cfg.counterfactual_methods or []:
-        if m not in METHODS:
-            p.append(f"counterfactual_methods: unknown method {m!r}; known: {sorted(METHODS)}")
-    if not isinstance(cfg.method_args, dict):
-        p.append(f"method_args={cfg.method_args!r} must be a mapping")
-    name = str(cfg.name)
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        p.append(f"name={cfg.name!r} must be a plain folder name (no '/', '\\', '..')")
-    if cfg.tiny_encoder is not None and not isinstance(cfg.tiny_encoder, dict):
-        p.append(f"tiny_encoder={cfg.tiny_encoder!r} must be a mapping of BertConfig fields")
-    if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
-        p.append(f"device={cfg.device!r} must be 'cpu' or 'cuda[:N]'")
-    choice("precision", ["fp32", "bf16"])
-    p += _recipe_problems(cfg)
-    return p
-
-
-def _key_of(problem: str) -> str:
-    """The config key a problem line starts with ("aux_tasks['x']: ..." -> "aux_tasks")."""
-    return re.split(r"[=\[:]", problem, maxsplit=1)[0]
-
-
-def _recipe_problems(cfg: TrainConfig) -> list[str]:
-    """Problems with the recipe keys: EDA, SMART, per-task optimizers."""
-    p: list[str] = []
-    tasks = cfg.tasks if isinstance(cfg.tasks, list) else []
-    for t in cfg.eda_tasks if isinstance(cfg.eda_tasks, list) else []:
-        if t not in tasks:
-            p.append(f"eda_tasks: {t!r} is not among tasks {tasks}")
-    if not isinstance(cfg.eda_fraction, int | float) or not 0 <= cfg.eda_fraction <= 1:
-        p.append(f"eda_fraction={cfg.eda_fraction!r} must be in [0, 1]")
-    if isinstance(cfg.smart_weight, dict):
-        for t, w in cfg.smart_weight.items():
-            if t not in tasks:
-                p.append(f"smart_weight: {t!r} is not among tasks {tasks}")
-            if not isinstance(w, int | float) or isinstance(w, bool) or w < 0:
-                p.append(f"smart_weight[{t!r}]={w!r} must be a number >= 0")
-    for key in ("encoder_lr", "encoder_weight_decay"):
-        value = getattr(cfg, key)
-        if value is not None and (not isinstance(value, int | float) or value < 0
-                                  or (key == "encoder_lr" and value == 0)):
-            p.append(f"{key}={value!r} must be a positive number or null")
-    return p
-
-
-def _type_problems(cfg: TrainConfig) -> list[str]:
-    """Text, flag, list and mapping keys holding a value of another type (numbers have their
-    own range checks), e.g. ``encoder: {...}`` or ``progress: "no"`` from a hand-edited file."""
-    kinds = {"str": str, "bool": bool, "list": list, "dict": dict}
-    problems = []
-    for f in fields(TrainConfig):
-        allowed = [part.strip().split("[")[0] for part in str(f.type).split("|")]
-        if f.name in ("tasks", "tiny_encoder", "method_args") or \
-                not set(allowed) - {"None"} <= set(kinds):  # (checked with more detail below)
-            continue
-        value = getattr(cfg, f.name)
-        if value is None and "None" in allowed:
-            continue
-        if not any(type(value) is kinds[a] or (a != "bool" and isinstance(value, kinds[a]))
-                   for a in allowed if a != "None"):
-            problems.append(f"{f.name}={value!r} must be of type {' or '.join(allowed)}")
-    return problems
+    return config_problems(cfg)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -411,13 +383,16 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 __all__ = [
     "DEPRECATED_KEYS",
     "ConfigError",
+    "MAX_YAML_NODES",
     "TrainConfig",
+    "YAMLTooLargeError",
     "config_from_dict",
     "config_keys",
     "load_config",
     "parse_overrides",
     "parse_value",
     "replace",
+    "safe_load",
     "save_config",
     "task_table_args",
     "to_dict",

@@ -20,6 +20,10 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 from gradlab.tasks import TaskSpec, task_table
 
 PACKAGED_ENCODER = "minilm"
+#: BertConfig fields of a tiny random test encoder; ``tiny_encoder`` changes any of them
+TINY_ENCODER_DEFAULTS = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                         "intermediate_size": 64, "max_position_embeddings": 512,
+                         "vocab_size": 30522}
 
 
 class EncoderError(ValueError):
@@ -54,9 +58,7 @@ def load_encoder(encoder: str, tiny: dict | None = None, seed: int = 0) -> nn.Mo
     are drawn from ``seed``, so tests need no download.
     """
     if tiny is not None:
-        fields = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                  "intermediate_size": 64, "max_position_embeddings": 512, "vocab_size": 30522}
-        fields.update(tiny)
+        fields = {**TINY_ENCODER_DEFAULTS, **tiny}
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = BertModel(BertConfig(**fields), add_pooling_layer=False)
@@ -285,6 +287,7 @@ def _pair_head(hidden: int, kind: str, dropout: float) -> nn.Module:
 __all__ = [
     "EncoderError",
     "MultitaskModel",
+    "TINY_ENCODER_DEFAULTS",
     "block_name",
     "load_encoder",
     "load_tokenizer",

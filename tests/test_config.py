@@ -238,3 +238,148 @@ def test_module_examples_run():
 
     result = doctest.testmod(config)
     assert result.failed == 0 and result.attempted >= 4
+
+
+# --- every key's type and range (issue 14, item 6) ---------------------------------------------
+
+# (override, the one problem it gives); each of these raised a TypeError or ValueError deep in
+# the run, or trained with a wrong value, before the config checked it
+BAD_VALUES = [
+    ("method_args={bogus: 1}", "method_args: method 'sum' takes no argument(s) 'bogus'; "
+                               "it takes []"),
+    ("eda_args={bogus: 3}", "eda_args: unknown argument(s) 'bogus'; EDA takes ['alpha_sr', "
+                            "'alpha_ri', 'alpha_rs', 'p_rd', 'n_aug']"),
+    ("eda_args={n_aug: 0}", "eda_args={'n_aug': 0}: eda: n_aug=0 must be an integer in [1, 1000]"),
+    ("threads=-3", "threads=-3 must be an integer >= 1 (or null)"),
+    ("tiny_encoder={hidden_size: -5}",
+     "tiny_encoder['hidden_size']=-5 must be an integer in [1, 2147483647]"),
+    ("tiny_encoder={hidden_size: 33}",
+     "tiny_encoder: hidden_size=33 must be a multiple of num_attention_heads=2"),
+    ("tiny_encoder={is_decoder: true}", "tiny_encoder: unknown field(s) 'is_decoder'"),
+    ("tiny_encoder={vocab_size: 100}", "tiny_encoder['vocab_size']=100 is smaller than the "
+                                       "packaged tokenizer's vocabulary (30522 tokens)"),
+    ("device=cudaX", "device='cudaX' must be 'cpu', 'cuda' or 'cuda:N'"),
+    ("device=cuda:99", "device='cuda:99' but "),
+    ("weight_decay=abc", "weight_decay='abc' must be of type float"),
+    ("lr=true", "lr=True must be of type float"),
+    ("max_grad_norm=.nan", "max_grad_norm=nan must be a finite number"),
+    ("encoder_lr=.nan", "encoder_lr=nan must be a finite number"),
+    ("lr=.inf", "lr=inf must be a finite number"),
+    ("smart_weight={sst: .nan}", "smart_weight['sst']=nan must be a finite number >= 0"),
+    ("smart_args={x: 1}", "smart_args: unknown argument 'x'; SMART takes ['epsilon', "
+                          "'step_size', 'noise_var', 'steps']"),
+    ("counterfactual_methods=nonlist", "counterfactual_methods='nonlist' must be of type list"),
+    ("counterfactual_methods=[sum, 3]", "counterfactual_methods: unknown method 3"),
+    ("seed=-1", "seed=-1 must be an integer in [0, 4294967295]"),
+    ("steps=99999999999", "steps=99999999999 must be an integer >= 1 and <= 2147483647"),
+    ("head_dropout=1.5", "head_dropout=1.5 must be a number in [0, 1)"),
+    ("max_length=600", "max_length=600 is larger than the encoder's position limit 512 "
+                       "(max_position_embeddings of 'minilm'); use max_length <= 512"),
+    ("encoder=./no/such/folder", "encoder='./no/such/folder': no such folder"),
+]
+
+
+@pytest.mark.parametrize(("override", "problem"), BAD_VALUES,
+                         ids=[o for o, _ in BAD_VALUES])
+def test_each_bad_value_is_one_problem_naming_key_and_value(override, problem):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert len(err.value.problems) == 1, err.value.problems
+    assert err.value.problems[0].startswith(problem)
+
+
+def test_method_arguments_are_checked_by_building_the_method():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method=pcgrad", "method_args={reduction: median}"])
+    assert err.value.problems[0].startswith("method_args={'reduction': 'median'}: ")
+    assert "median" in err.value.problems[0]
+    assert load_config(None, ["method=pcgrad", "method_args={reduction: mean}"]).method_args \
+        == {"reduction": "mean"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a torch without a GPU")
+def test_cuda_on_a_cpu_only_torch_is_refused():
+    with pytest.raises(ConfigError, match=r"device='cuda' but (this torch is built without CUDA|"
+                                          r"no CUDA device is visible); use device=cpu"):
+        load_config(None, ["device=cuda"])
+
+
+def test_tiny_encoder_position_limit_bounds_max_length():
+    with pytest.raises(ConfigError, match=r"max_length=128 is larger than the encoder's position "
+                                          r"limit 64 .*with tiny_encoder"):
+        load_config(None, ["tiny_encoder={max_position_embeddings: 64}", "max_length=128"])
+    assert load_config(None, ["tiny_encoder={max_position_embeddings: 64}", "max_length=64"])
+
+
+def test_bad_values_in_a_yaml_file_are_refused_like_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: true\nmax_grad_norm: .nan\nthreads: -3\nweight_decay: abc\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert [p.split("=")[0] for p in err.value.problems] == \
+        ["lr", "weight_decay", "max_grad_norm", "threads"]
+
+
+def test_a_refused_config_reads_no_data_and_creates_no_folder(tmp_path):
+    import gradlab
+
+    with pytest.raises(ConfigError, match="weight_decay='abc'"):
+        gradlab.train(None, runs_dir=str(tmp_path / "runs"), data_dir=str(tmp_path / "none"),
+                      weight_decay="abc", tiny_encoder={"hidden_size": 32})
+    assert not (tmp_path / "runs").exists()
+
+
+def _billion_laughs(indent: str = "") -> str:
+    lines = [f'{indent}a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, key in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{indent}{key}: &{key} [{', '.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("key", ["method_args", "task_files", "eda_args", "tiny_encoder"])
+def test_billion_laughs_yaml_is_refused_fast(tmp_path, key):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"{key}:\n" + _billion_laughs("  "))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml is not valid YAML: its aliases expand to "
+                                          r"more than 100000 values"):
+        load_config(path)
+    flow = "{" + _billion_laughs().strip().replace("\n", ", ") + "}"
+    with pytest.raises(ConfigError, match=rf"{key}: the value is refused: its aliases expand"):
+        load_config(None, [f"{key}={flow}"])
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_small_anchors_are_still_read(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: &t [sst, sts]\neda_tasks: *t\n")
+    assert load_config(path).eda_tasks == ["sst", "sts"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("tasks: &a [sst, *a]\n", "an alias refers to the value that contains it"),
+    ("tasks: " + "[" * 5000 + "]" * 5000 + "\n", "the YAML is nested too deeply"),
+])
+def test_recursive_and_deeply_nested_yaml_is_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_non_utf8_config_file_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 at "
+                                          r"offset 9\)"):
+        load_config(path)
+
+
+def test_non_string_keys_are_unknown_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("1: 2\nnull: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems[:2] == ["unknown key 1", "unknown key None"]
