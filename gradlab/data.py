@@ -274,8 +274,18 @@ def _column_indices(header: list[str], needed: tuple[str, ...], id_column: str |
     wanted = [*needed, *([id_column] if id_column is not None else [])]
     missing = [name for name in wanted if name not in header]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; columns found: {header}")
+        raise DataError(f"{path}: missing column(s) {missing}; columns found: "
+                        f"{_excerpt(header)}")
     return {name: header.index(name) for name in wanted}
+
+
+def _excerpt(cells: list[str], width: int = 40, count: int = 12) -> str:
+    """The first ``count`` cells of a row, each cut to ``width`` characters: a bounded echo
+    of a header that may be a whole file without newlines."""
+    shown = [c if len(c) <= width else f"{c[:width]}... ({len(c)} characters)"
+             for c in cells[:count]]
+    more = f", ... ({len(cells) - count} more)" if len(cells) > count else ""
+    return "[" + ", ".join(map(repr, shown)) + more + "]"
 
 
 def _malformed(

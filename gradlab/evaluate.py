@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +50,13 @@ def evaluate(model: MultitaskModel, eval_sets: Mapping[str, EvalSet], *,
              special_ids: Mapping[str, int], max_length: int, batch_size: int = 128,
              progress: bool = False) -> dict[str, dict[str, float]]:
     """Dev metrics per task plus ``overall`` (mean of primaries, leaderboard score), each task
-    scored as the model's task table says."""
-    results: dict[str, dict[str, float]] = {}
+    scored as the model's task table says.
+
+    An undefined metric (a Pearson r of constant predictions, and the overall values that
+    use it) is None, with a `MetricWarning` naming it: written as ``null``, metrics files
+    stay strict JSON.
+    """
+    results: dict[str, dict[str, float | None]] = {}
     for task, eval_set in eval_sets.items():
         predicted = predict(model, eval_set, special_ids=special_ids, max_length=max_length,
                             batch_size=batch_size, progress=progress)
@@ -57,7 +64,29 @@ def evaluate(model: MultitaskModel, eval_sets: Mapping[str, EvalSet], *,
                                      eval_set.tokenized.labels)
     results["overall"] = overall_metrics({t: m for t, m in results.items() if t != "overall"},
                                          model.task_specs)
-    return results
+    return undefined_as_none(results)
+
+
+class MetricWarning(UserWarning):
+    """A metric is undefined (NaN), e.g. the Pearson r of constant predictions."""
+
+
+def undefined_as_none(metrics: Mapping[str, Mapping[str, float | None]]
+                      ) -> dict[str, dict[str, float | None]]:
+    """``metrics`` with every NaN or infinite value replaced by None, and one `MetricWarning`
+    naming them (``json.dumps(..., allow_nan=False)`` then writes strict JSON)."""
+    out, undefined = {}, []
+    for task, values in metrics.items():
+        out[task] = {}
+        for name, value in values.items():
+            if value is not None and not math.isfinite(value):
+                undefined.append(f"{task}.{name}")
+                value = None
+            out[task][name] = value
+    if undefined:
+        warnings.warn(f"undefined metric(s) {', '.join(undefined)} (constant predictions or "
+                      "labels?): reported as null", MetricWarning, stacklevel=3)
+    return out
 
 
 def write_predictions(path: str | Path, ids: list[str], predicted: np.ndarray, spec: TaskSpec
@@ -81,4 +110,5 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-__all__ = ["EvalSet", "evaluate", "predict", "write_predictions"]
+__all__ = ["EvalSet", "MetricWarning", "evaluate", "predict", "undefined_as_none",
+           "write_predictions"]

@@ -64,8 +64,9 @@ def load_encoder(encoder: str, tiny: dict | None = None, seed: int = 0) -> nn.Mo
             model = BertModel(BertConfig(**fields), add_pooling_layer=False)
         return model
     source = _resolve_source(encoder)
-    try:
-        model = AutoModel.from_pretrained(source, **_offline_kwargs(source))
+    _check_safetensors(source)
+    try:  # never unpickle: weights in any other format are refused
+        model = AutoModel.from_pretrained(source, use_safetensors=True, **_offline_kwargs(source))
     except (OSError, ValueError) as err:
         raise EncoderError(_load_message(encoder, "encoder", err)) from None
     # The pooler is unused (mean or [CLS] pooling of the last hidden state): drop it, so it is
@@ -86,6 +87,21 @@ def _resolve_source(encoder: str) -> str:
     if encoder.startswith((".", "/", "~")) or os.sep in encoder.strip("/").split("/", 1)[-1]:
         raise EncoderError(f"encoder path {encoder!r} does not exist")
     return encoder  # a hub id
+
+
+def _check_safetensors(source: str) -> None:
+    """EncoderError for a local folder without safetensors weights (e.g. only a pickled
+    ``pytorch_model.bin``, which loading would unpickle)."""
+    folder = Path(source)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    found = sorted(p.name for p in folder.iterdir()
+                   if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack"))
+    raise EncoderError(
+        f"encoder folder {folder} holds no safetensors weights (model.safetensors)"
+        + (f"; found {found}" if found else "") + ": gradlab loads safetensors only, "
+        "never pickled weights. Convert them where you trust the file: "
+        "AutoModel.from_pretrained(folder).save_pretrained(new_folder)")
 
 
 def _offline_kwargs(source: str) -> dict:

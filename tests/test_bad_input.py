@@ -106,6 +106,16 @@ def test_missing_column(tmp_path, broken):
         train(tmp_path, data_dir=str(folder))
 
 
+def test_missing_column_error_shows_a_bounded_excerpt_of_a_huge_header(tmp_path, broken):
+    folder = broken("sts-train.csv", lambda _: b"x" * 2_000_000)  # 2 MB, no newline
+    with pytest.raises(DataError) as err:
+        train(tmp_path, data_dir=str(folder))
+    message = str(err.value)
+    assert len(message) < 500, len(message)
+    assert "missing column(s) ['sentence1', 'sentence2', 'similarity', 'id']" in message
+    assert f"columns found: ['{'x' * 40}... (2000000 characters)']" in message
+
+
 @pytest.mark.parametrize(("content", "message"), [
     (b"", "empty file"), (b"\tid\tsentence\tsentiment\n", "no data rows after the header"),
 ])
@@ -345,6 +355,83 @@ def test_predict_refuses_a_task_the_checkpoint_lacks(runs, data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"task 'sts' is not one of the checkpoint's tasks "
                                          r"\['sst'\]"):
         predict_file(runs / "sst", "sts", data_dir / "sts-dev.csv", tmp_path / "p.tsv")
+
+
+def test_predict_refuses_to_overwrite_its_input(runs, data_dir, tmp_path):
+    source = tmp_path / "in.csv"
+    shutil.copy(data_dir / "ids-sst-dev.csv", source)
+    before = source.read_bytes()
+    for out in (source, tmp_path / "." / "in.csv"):
+        with pytest.raises(ValueError, match=r"the output file .*in.csv is the input file "
+                                             r".*in.csv: the predictions would overwrite it"):
+            predict_file(runs / "full", "sst", source, out)
+    link = tmp_path / "link.csv"
+    link.symlink_to(source)
+    with pytest.raises(ValueError, match="the predictions would overwrite it"):
+        predict_file(runs / "full", "sst", source, link)
+    assert source.read_bytes() == before
+
+
+def test_predict_refuses_duplicate_ids_naming_them_and_their_lines(runs, data_dir, tmp_path):
+    lines = (data_dir / "ids-sst-dev.csv").read_bytes().split(b"\n")
+    source = tmp_path / "dup.csv"
+    source.write_bytes(b"\n".join([*lines[:6], lines[2], lines[4], *lines[6:]]))
+    first, second = (lines[n].split(b"\t")[1].decode() for n in (2, 4))
+    with pytest.raises(DataError, match=rf"dup.csv: 2 id\(s\) occur more than once, so the "
+                                        rf"predictions could not be told apart: '{first}' on "
+                                        rf"lines 3, 7; '{second}' on lines 5, 8"):
+        predict_file(runs / "full", "sst", source, tmp_path / "p.tsv")
+    assert not (tmp_path / "p.tsv").exists()
+
+
+def test_encoder_folder_with_only_pickled_weights_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from gradlab.model import load_encoder
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, vocab_size=100))
+    # transformers 5 writes safetensors even with safe_serialization=False: pickle by hand
+    bert.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    (tmp_path / "pickled" / "model.safetensors").unlink(missing_ok=True)
+    torch.save(bert.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(EncoderError, match=r"pickled holds no safetensors weights "
+                                           r"\(model.safetensors\); found \['pytorch_model.bin'\]"
+                                           r": gradlab loads safetensors only"):
+        load_encoder(str(tmp_path / "pickled"))
+    bert.save_pretrained(tmp_path / "safe")  # safetensors: loads
+    assert load_encoder(str(tmp_path / "safe")).config.hidden_size == 32
+
+
+def test_evaluate_refuses_a_checkpoint_with_nan_parameters(run_copy):
+    run = run_copy()
+    file = run / "checkpoints" / "last" / "model.safetensors"
+    tensors = load_file(str(file))
+    tensors["heads.sst.1.weight"][0, 0] = float("nan")
+    save_file(tensors, str(file))
+    with pytest.raises(CheckpointError, match=r"last: 1 parameter tensor\(s\) hold NaN or "
+                                              r"infinite values \(heads.sst.1.weight\)"):
+        evaluate_checkpoint(run / "checkpoints" / "last")
+
+
+def test_undefined_metrics_are_null_in_strict_json(run_copy, tmp_path, capsys):
+    run = run_copy()
+    file = run / "checkpoints" / "last" / "model.safetensors"
+    tensors = load_file(str(file))
+    for name in [n for n in tensors if n.startswith("heads.sts.")]:
+        tensors[name] = torch.zeros_like(tensors[name])  # constant STS predictions
+    save_file(tensors, str(file))
+    out = tmp_path / "metrics.json"
+    with pytest.warns(UserWarning, match=r"undefined metric\(s\) sts.pearson, sts.spearman, "
+                                         r"overall.mean, overall.score .*reported as null"):
+        assert main(["evaluate", str(run / "checkpoints" / "last"), "--json", str(out)]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in strict JSON")
+    metrics = json.loads(out.read_text(), parse_constant=refuse)
+    assert metrics["sts"] == {"pearson": None, "spearman": None}
+    assert metrics["overall"]["mean"] is None
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse) == metrics
 
 
 # --- run stores ---------------------------------------------------------------------------------
