@@ -352,7 +352,8 @@ def _encoder_folder(encoder: str) -> tuple[list[str], int | None]:
     else:
         folder = Path(encoder).expanduser()
         if not folder.exists():
-            if encoder.startswith((".", "/", "~")) or os.sep in encoder.strip("/").split("/", 1)[-1]:
+            nested = os.sep in encoder.strip("/").split("/", 1)[-1]  # more than org/name
+            if encoder.startswith((".", "/", "~")) or nested:
                 return [f"encoder={show(encoder)}: no such folder"], None
             return [], None  # a hub id
         if not (folder / "config.json").is_file():
