@@ -163,7 +163,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
                     f"{err.start})"]
     except OSError as err:
         return {}, [f"cannot read {path}: {err.strerror or err}"]
-    except (yaml.YAMLError, YAMLTooLargeError) as err:
+    except (yaml.YAMLError, YAMLRefusedError) as err:
         return {}, [f"{path} is not valid YAML: {' '.join(str(err).split())}"]
     if loaded is None:
         loaded = {}
@@ -176,19 +176,25 @@ def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
 MAX_YAML_NODES = 100_000
 
 
-class YAMLTooLargeError(ValueError):
+class YAMLRefusedError(ValueError):
     """A YAML text whose aliases expand past `MAX_YAML_NODES` (a "billion laughs" bomb),
-    that refers to itself, or that is nested too deeply to read."""
+    that refers to itself, that is nested too deeply, or that holds a value Python cannot
+    build (an integer of more than 4300 digits, the date 2020-13-45)."""
 
 
 def safe_load(text: str) -> Any:
     """``yaml.safe_load`` that refuses, in time linear in the text, a document whose nested
     aliases expand to more than `MAX_YAML_NODES` nodes, a recursive alias, and nesting
-    deeper than Python's recursion limit (`YAMLTooLargeError`)."""
+    deeper than Python's recursion limit (`YAMLRefusedError`)."""
     try:
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
-        raise YAMLTooLargeError("the YAML is nested too deeply") from None
+        raise YAMLRefusedError("the YAML is nested too deeply") from None
+    except (ValueError, OverflowError) as err:
+        if isinstance(err, YAMLRefusedError):
+            raise
+        raise YAMLRefusedError(f"a value cannot be read: {' '.join(str(err).split())}"
+                               ) from None
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -210,14 +216,14 @@ def _check_expansion(root: yaml.Node) -> None:
             open_nodes.discard(id(node))
             size[id(node)] = 1 + sum(size[id(c)] for c in children)
             if size[id(node)] > MAX_YAML_NODES:
-                raise YAMLTooLargeError(
+                raise YAMLRefusedError(
                     f"its aliases expand to more than {MAX_YAML_NODES} values (nested "
                     "aliases, a 'billion laughs' text?)")
             continue
         if id(node) in size:
             continue
         if id(node) in open_nodes:
-            raise YAMLTooLargeError("an alias refers to the value that contains it")
+            raise YAMLRefusedError("an alias refers to the value that contains it")
         open_nodes.add(id(node))
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in size)
@@ -263,7 +269,7 @@ def _parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None
             continue
         try:
             values[key.strip()] = parse_value(raw)
-        except YAMLTooLargeError as err:
+        except YAMLRefusedError as err:
             problems.append(f"{key.strip()}: the value is refused: {err}")
     return upgrade_keys(values, "overrides"), problems
 
@@ -292,7 +298,7 @@ def upgrade_keys(values: Mapping[str, Any], source: str = "config", *, warn: boo
 
 def parse_value(raw: str) -> Any:
     """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats.
-    Text that is not YAML is kept as a string; raises `YAMLTooLargeError` for an alias bomb.
+    Text that is not YAML is kept as a string; raises `YAMLRefusedError` for an alias bomb.
     """
     if not raw.strip():
         return None
@@ -385,7 +391,7 @@ __all__ = [
     "ConfigError",
     "MAX_YAML_NODES",
     "TrainConfig",
-    "YAMLTooLargeError",
+    "YAMLRefusedError",
     "config_from_dict",
     "config_keys",
     "load_config",

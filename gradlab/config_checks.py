@@ -36,7 +36,11 @@ _short.maxlong, _short.maxlevel = 40, 3
 
 def show(value: Any) -> str:
     """A value as problem lines show it: its repr, shortened to about 60 characters."""
-    return _short.repr(value)
+    try:
+        return _short.repr(value)
+    except ValueError:  # an int past Python's 4300-digit str limit
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) \
+            else f"<a {type(value).__name__}>"
 
 
 def config_problems(cfg: TrainConfig) -> list[str]:
@@ -87,8 +91,12 @@ def _is(value: Any, kind: str) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "float":  # bool is not a number here: `lr: true` would train at 1.0
-        return isinstance(value, int | float) and not isinstance(value, bool) and \
-            math.isfinite(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an int past float's range
+            return False
     if kind == "bool":
         return isinstance(value, bool)
     types = {"str": str, "list": list, "dict": dict}
@@ -141,10 +149,10 @@ def _number_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
         value = getattr(cfg, key)
         if key not in bad and value is not None and not low <= value <= _INT_MAX:
             high = f" and <= {_INT_MAX}" if value > _INT_MAX else ""
-            p.append(f"{key}={value!r} must be an integer >= {low}{high}"
+            p.append(f"{key}={show(value)} must be an integer >= {low}{high}"
                      + (" (or null)" if key in ("train_limit", "dev_limit", "threads") else ""))
     if "seed" not in bad and not 0 <= cfg.seed <= _SEED_MAX:
-        p.append(f"seed={cfg.seed!r} must be an integer in [0, {_SEED_MAX}]")
+        p.append(f"seed={show(cfg.seed)} must be an integer in [0, {_SEED_MAX}]")
     for key, (low, low_in, high, high_in) in _FLOAT_RANGES.items():
         value = getattr(cfg, key)
         if key in bad or value is None:
@@ -152,7 +160,7 @@ def _number_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
         if not ((low <= value if low_in else low < value)
                 and (value <= high if high_in else value < high)):
             interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
-            p.append(f"{key}={value!r} must be a number in {interval}"
+            p.append(f"{key}={show(value)} must be a number in {interval}"
                      + (" or null" if key in ("encoder_lr", "encoder_weight_decay",
                                               "max_grad_norm") else ""))
     return p
