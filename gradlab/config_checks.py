@@ -170,11 +170,12 @@ def _text_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
     p = []
     for key in _PATH_KEYS:
         value = getattr(cfg, key)
-        if key not in bad and isinstance(value, str) and ("\0" in value or not value.strip()):
+        if key not in bad and isinstance(value, str) and (
+                "\0" in value or (key != "name" and not value.strip())):
             p.append(f"{key}={show(value)} must be a non-empty name without NUL characters")
             bad.add(key)
     name = cfg.name
-    if "name" not in bad and ("/" in name or "\\" in name or name in (".", "..")
+    if "name" not in bad and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")
                               or name.startswith(".")):
         p.append(f"name={show(name)} must be a plain folder name (no '/', '\\', '..')")
     return p
@@ -203,7 +204,7 @@ def _method_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
     unknown = [k for k in args if k not in accepted]
     if unknown:
         return [*p, f"method_args: method {cfg.method!r} takes no argument(s) "
-                    f"{', '.join(show(k) for k in unknown)}; it takes {accepted}"]
+                    f"{_items(args, unknown)}; it takes {accepted}"]
     nan = [k for k, v in args.items() if _has_nan(v)]
     if nan:
         return [*p, f"method_args: {', '.join(nan)} must not be NaN"]
@@ -230,7 +231,7 @@ def _recipe_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
     if "eda_args" not in bad:
         unknown = [k for k in cfg.eda_args if k not in EDA_ARGS]
         if unknown:
-            p.append(f"eda_args: unknown argument(s) {', '.join(show(k) for k in unknown)}; "
+            p.append(f"eda_args: unknown argument(s) {_items(cfg.eda_args, unknown)}; "
                      f"EDA takes {list(EDA_ARGS)}")
         else:
             try:
@@ -249,12 +250,18 @@ def _recipe_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
                     and n not in ("predictions", "generator")]
         for k, v in cfg.smart_args.items():
             if k not in accepted:
-                p.append(f"smart_args: unknown argument {show(k)}; SMART takes {accepted}")
+                p.append(f"smart_args: unknown argument {_items(cfg.smart_args, [k])}; "
+                         f"SMART takes {accepted}")
             elif k == "steps" and (not _is(v, "int") or not 0 <= v <= 1000):
                 p.append(f"smart_args['steps']={show(v)} must be an integer in [0, 1000]")
             elif k != "steps" and (not _is(v, "float") or v < 0):
                 p.append(f"smart_args[{k!r}]={show(v)} must be a finite number >= 0")
     return p
+
+
+def _items(mapping: dict, keys: list) -> str:
+    """``key=value, ...`` of some of a mapping's items (keys as written, values shortened)."""
+    return ", ".join(f"{k if isinstance(k, str) else show(k)}={show(mapping[k])}" for k in keys)
 
 
 def _has_nan(value: Any) -> bool:

@@ -25,7 +25,7 @@ from gradlab.cli import main
 from gradlab.config import ConfigError, load_config
 from gradlab.data import DEFAULT_FILES, DEFAULT_READERS, DataError, DataWarning, read_task_file
 from gradlab.inference import evaluate_checkpoint, predict_file
-from gradlab.model import EncoderError
+from gradlab.model import EncoderError, load_encoder
 from gradlab.store import RunWriter, StoreError, resolve_run_dir
 
 ROWS = 24  # data rows per small task file
@@ -213,22 +213,27 @@ def test_cli_refuses_an_override_without_value(capsys):
 
 
 def test_bad_method_argument_refused_before_the_data_is_read(tmp_path):
-    with pytest.raises(TypeError, match=r"method 'pcgrad' got unexpected arguments "
-                                        r"reductoin='mean'; it takes \['reduction', 'seed'\]"):
+    with pytest.raises(ConfigError, match=r"method_args: method 'pcgrad' takes no argument\(s\) "
+                                          r"reductoin='mean'; it takes \['reduction', 'seed'\]"):
         train(tmp_path, method="pcgrad", method_args={"reductoin": "mean"},
               data_dir=str(tmp_path / "no-data-needed"))
+    assert not (tmp_path / "runs").exists()
 
 
 # --- encoders -----------------------------------------------------------------------------------
 
 
 def test_encoder_path_that_does_not_exist(tmp_path):
-    with pytest.raises(EncoderError, match=r"encoder path '\./no/such/encoder' does not exist"):
+    # refused with the config, before any folder is made
+    with pytest.raises(ConfigError, match=r"encoder='\./no/such/encoder': no such folder"):
         train(tmp_path, encoder="./no/such/encoder", tiny_encoder=None)
     empty = tmp_path / "empty-encoder"
     empty.mkdir()
-    with pytest.raises(EncoderError, match=rf"encoder folder {empty} has no config.json"):
+    with pytest.raises(ConfigError, match=r"empty-encoder': the folder has no config.json"):
         train(tmp_path, encoder=str(empty), tiny_encoder=None)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(EncoderError, match=rf"encoder folder {empty} has no config.json"):
+        load_encoder(str(empty))
 
 
 def test_hub_id_while_offline_says_it_cannot_download(tmp_path, monkeypatch):
@@ -386,8 +391,6 @@ def test_predict_refuses_duplicate_ids_naming_them_and_their_lines(runs, data_di
 
 def test_encoder_folder_with_only_pickled_weights_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
-
-    from gradlab.model import load_encoder
 
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=32, vocab_size=100))

@@ -245,9 +245,9 @@ def test_module_examples_run():
 # (override, the one problem it gives); each of these raised a TypeError or ValueError deep in
 # the run, or trained with a wrong value, before the config checked it
 BAD_VALUES = [
-    ("method_args={bogus: 1}", "method_args: method 'sum' takes no argument(s) 'bogus'; "
+    ("method_args={bogus: 1}", "method_args: method 'sum' takes no argument(s) bogus=1; "
                                "it takes []"),
-    ("eda_args={bogus: 3}", "eda_args: unknown argument(s) 'bogus'; EDA takes ['alpha_sr', "
+    ("eda_args={bogus: 3}", "eda_args: unknown argument(s) bogus=3; EDA takes ['alpha_sr', "
                             "'alpha_ri', 'alpha_rs', 'p_rd', 'n_aug']"),
     ("eda_args={n_aug: 0}", "eda_args={'n_aug': 0}: eda: n_aug=0 must be an integer in [1, 1000]"),
     ("threads=-3", "threads=-3 must be an integer >= 1 (or null)"),
@@ -266,7 +266,7 @@ BAD_VALUES = [
     ("encoder_lr=.nan", "encoder_lr=nan must be a finite number"),
     ("lr=.inf", "lr=inf must be a finite number"),
     ("smart_weight={sst: .nan}", "smart_weight['sst']=nan must be a finite number >= 0"),
-    ("smart_args={x: 1}", "smart_args: unknown argument 'x'; SMART takes ['epsilon', "
+    ("smart_args={x: 1}", "smart_args: unknown argument x=1; SMART takes ['epsilon', "
                           "'step_size', 'noise_var', 'steps']"),
     ("counterfactual_methods=nonlist", "counterfactual_methods='nonlist' must be of type list"),
     ("counterfactual_methods=[sum, 3]", "counterfactual_methods: unknown method 3"),
