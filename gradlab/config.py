@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from gradlab.config_checks import show
+from gradlab.safe_yaml import MAX_YAML_NODES, YAMLRefusedError, safe_load
 
 #: old key -> its current name; an old key is read as the new one, with a FutureWarning
 DEPRECATED_KEYS = {"sst_head": "single_head", "sts_loss": "regression_loss"}
@@ -170,71 +171,6 @@ def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(loaded, dict):
         return {}, [f"{path} must hold a mapping of keys, found {type(loaded).__name__}"]
     return upgrade_keys(loaded, str(path)), []
-
-
-#: nodes a YAML text may expand to once its aliases are resolved (a config has a few hundred)
-MAX_YAML_NODES = 100_000
-
-
-class YAMLRefusedError(ValueError):
-    """A YAML text whose aliases expand past `MAX_YAML_NODES` (a "billion laughs" bomb),
-    that refers to itself, that is nested too deeply, or that holds a value Python cannot
-    build (an integer of more than 4300 digits, the date 2020-13-45)."""
-
-
-def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` that refuses, in time linear in the text, a document whose nested
-    aliases expand to more than `MAX_YAML_NODES` nodes, a recursive alias, and nesting
-    deeper than Python's recursion limit (`YAMLRefusedError`)."""
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise YAMLRefusedError("the YAML is nested too deeply") from None
-    except (ValueError, OverflowError) as err:
-        if isinstance(err, YAMLRefusedError):
-            raise
-        raise YAMLRefusedError(f"a value cannot be read: {' '.join(str(err).split())}"
-                               ) from None
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    def construct_document(self, node: yaml.Node) -> Any:
-        _check_expansion(node)
-        return super().construct_document(node)
-
-
-def _check_expansion(root: yaml.Node) -> None:
-    """Count the nodes of ``root`` with every alias expanded (memoised per node, so a bomb is
-    measured without being expanded)."""
-    size: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    open_nodes: set[int] = set()
-    while stack:
-        node, done = stack.pop()
-        children = _children(node)
-        if done:
-            open_nodes.discard(id(node))
-            size[id(node)] = 1 + sum(size[id(c)] for c in children)
-            if size[id(node)] > MAX_YAML_NODES:
-                raise YAMLRefusedError(
-                    f"its aliases expand to more than {MAX_YAML_NODES} values (nested "
-                    "aliases, a 'billion laughs' text?)")
-            continue
-        if id(node) in size:
-            continue
-        if id(node) in open_nodes:
-            raise YAMLRefusedError("an alias refers to the value that contains it")
-        open_nodes.add(id(node))
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in size)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -375,10 +375,13 @@ def _encoder_folder(encoder: str) -> tuple[list[str], int | None]:
             return [f"encoder={show(encoder)}: the folder has no config.json"], None
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        limit = int(config["max_position_embeddings"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        limit = config.get("max_position_embeddings")
+        limit = None if limit is None else int(limit)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
         return [f"encoder={show(encoder)}: cannot read {folder / 'config.json'} "
                 f"({_one_line(err)})"], None
+    if limit is None:  # no absolute positions: no limit to check here
+        return [], None
     if str(config.get("model_type", "")).endswith("roberta"):
         limit -= int(config.get("pad_token_id") or 1) + 1  # positions start after the pad id
     return [], limit

@@ -234,10 +234,12 @@ def test_run_folders_of_earlier_versions_resume_and_evaluate(tmp_path, tiny_over
 def test_module_examples_run():
     import doctest
 
-    from gradlab import config
+    from gradlab import config, safe_yaml
 
     result = doctest.testmod(config)
     assert result.failed == 0 and result.attempted >= 4
+    result = doctest.testmod(safe_yaml)
+    assert result.failed == 0 and result.attempted == 1
 
 
 # --- every key's type and range (issue 14, item 6) ---------------------------------------------
