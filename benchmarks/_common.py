@@ -357,7 +357,7 @@ def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -
         method=build_method(method, seed=cfg.seed),
         counterfactuals=build_counterfactuals(cfg.counterfactual_methods, cfg.seed),
         schedule=get_schedule("joint", len(tasks), 10**6), total_steps=10**6,
-        loss=TaskLoss(sts_loss=cfg.sts_loss), max_length=cfg.max_length,
+        loss=TaskLoss(specs=model.task_specs), max_length=cfg.max_length,
         max_grad_norm=cfg.max_grad_norm, device=cfg.device)
     parts.probe_batches = random_batches(model, tasks, batch_size=cfg.probe_batch_size,
                                          seq_len=seq_len, special=special,
@@ -380,12 +380,12 @@ def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
     step); False zeroes the previous step's .grad tensors in place instead.
     """
     from gradlab.step import clip_gradients
-    from gradlab.tasks import TASKS, task_loss
+    from gradlab.tasks import task_loss
 
     t0 = time.perf_counter()
     s.optimizer.zero_grad(set_to_none=set_to_none)
-    total = sum(task_loss(TASKS[t], s.model(t, s.batches[t]), s.batches[t]["labels"],
-                          s.cfg.sts_loss) for t in s.tasks)
+    total = sum(task_loss(s.model.task_specs[t], s.model(t, s.batches[t]),
+                          s.batches[t]["labels"]) for t in s.tasks)
     if not math.isfinite(total.item()):
         raise FloatingPointError("non-finite summed loss")
     total.backward()

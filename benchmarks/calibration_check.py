@@ -53,12 +53,13 @@ def main() -> None:
                {"source": args.from_gramians})
         return
 
+    from gradlab.build import model_from_config as build_model
+    from gradlab.build import split_from_config as load_split
     from gradlab.config import load_config
     from gradlab.data import collate, special_token_ids
     from gradlab.engine import GradientEngine
     from gradlab.model import block_name
-    from gradlab.tasks import TASKS, task_loss
-    from gradlab.trainer import build_model, load_split
+    from gradlab.tasks import task_loss
 
     t0 = time.perf_counter()
     overrides = {"seed": args.seed, "batch_size": args.batch_size}
@@ -97,8 +98,7 @@ def main() -> None:
                 batch = collate(train[t].tokenized, order[t][s, a], layout=model.layout(t),
                                 max_length=cfg.max_length, **special)
                 engine.bind_row(a * T + i)
-                loss = task_loss(TASKS[t], model(t, batch).float(), batch["labels"],
-                                 cfg.sts_loss)
+                loss = task_loss(model.task_specs[t], model(t, batch).float(), batch["labels"])
                 loss.backward()
                 engine.check_bound(a * T + i)
                 losses[s, a, i] = loss.item()

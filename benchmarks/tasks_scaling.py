@@ -23,21 +23,20 @@ from pathlib import Path
 
 import _common as bench
 
-from gradlab.tasks import TASKS, TaskSpec
+from gradlab.tasks import TASKS
 
 GRAMIAN_PHASES = ("gramian", "method", "update")
 
 
-def register_synthetic_tasks(count: int) -> list[str]:
-    """Task specs syn0..syn{count-1}, copies of SST's, added to gradlab.tasks.TASKS (this
-    process only) so that the config, the model and the losses treat them as tasks."""
-    names = []
-    for k in range(count):
-        name = f"syn{k}"
-        TASKS.setdefault(name, TaskSpec(name, f"SYN{k}", "single", "class",
-                                        TASKS["sst"].num_classes, "accuracy"))
-        names.append(name)
-    return names
+def synthetic_tasks(count: int) -> dict[str, dict]:
+    """aux_tasks entries syn0..syn{count-1}: single-sentence tasks with SST's classes, so the
+    config, the model and the losses treat them as tasks (their files are never read: the
+    benchmark's batches are random)."""
+    sst = TASKS["sst"].reader
+    return {f"syn{k}": {"train": "-", "dev": "-", "text_columns": list(sst.text_columns),
+                        "label_column": sst.label_column, "label_kind": "class",
+                        "num_classes": sst.num_classes, "label_range": list(sst.label_range)}
+            for k in range(count)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, results = [], {"counts": {}}
     for count in counts:
-        tasks = register_synthetic_tasks(count)
-        cfg = bench.make_config(args.quick, tasks=tasks)
+        synthetic = synthetic_tasks(count)
+        cfg = bench.make_config(args.quick, tasks=list(synthetic), aux_tasks=synthetic)
         s = bench.build_setup(cfg)
         engine = bench.make_engine(s)
         with tempfile.TemporaryDirectory(prefix="gradlab-bench-T-") as tmp:

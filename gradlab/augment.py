@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -42,11 +43,13 @@ import numpy as np
 from gradlab.data import TaskExamples
 
 __all__ = [
+    "EDA_ARGS",
     "LEXICOGRAPHER_FILES",
     "STOP_WORDS",
     "WORDNET_APT_COMMAND",
     "WordNetMissingError",
     "augment_examples",
+    "check_eda_args",
     "eda",
     "find_wordnet",
     "lexnames_text",
@@ -113,7 +116,7 @@ def eda(sentence: str, rng: np.random.Generator, alpha_sr: float = 0.1, alpha_ri
     synonyms: word -> synonyms (default: WordNet's, `wordnet_synonyms`). A sentence
     without words comes back unchanged.
     """
-    _check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug)
+    check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug)
     words = sentence.split()
     if not words:
         return [sentence] * n_aug
@@ -133,6 +136,12 @@ def eda(sentence: str, rng: np.random.Generator, alpha_sr: float = 0.1, alpha_ri
     return [" ".join(made[i]) for i in order]
 
 
+#: EDA's arguments (the config's ``eda_args`` keys) and their defaults
+EDA_ARGS = {name: p.default for name, p in inspect.signature(eda).parameters.items()
+            if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty}
+_MAX_AUG = 1000  # copies per chosen row
+
+
 def augment_examples(examples: TaskExamples, rng: np.random.Generator, fraction: float, *,
                      alpha_sr: float = 0.1, alpha_ri: float = 0.1, alpha_rs: float = 0.1,
                      p_rd: float = 0.1, n_aug: int = 1,
@@ -150,7 +159,7 @@ def augment_examples(examples: TaskExamples, rng: np.random.Generator, fraction:
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or \
             not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be a number in [0, 1], found {fraction!r}")
-    _check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug)
+    check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug)
     n = len(examples)
     chosen = np.sort(rng.choice(n, size=int(round(fraction * n)), replace=False))
     kwargs = {"alpha_sr": alpha_sr, "alpha_ri": alpha_ri, "alpha_rs": alpha_rs, "p_rd": p_rd,
@@ -232,7 +241,8 @@ def _replaceable(word: str) -> bool:
     return word.isalpha() and word.lower() not in STOP_WORDS
 
 
-def _check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug) -> None:
+def check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug) -> None:
+    """ValueError naming every EDA argument out of range (the config checks call it too)."""
     problems = []
     values = {"alpha_sr": alpha_sr, "alpha_ri": alpha_ri, "alpha_rs": alpha_rs, "p_rd": p_rd}
     for name, value in values.items():
@@ -240,8 +250,8 @@ def _check_eda_args(alpha_sr, alpha_ri, alpha_rs, p_rd, n_aug) -> None:
             problems.append(f"{name}={value!r} must be a number in [0, 1]")
     if not problems and not any(values.values()):
         problems.append("alpha_sr, alpha_ri, alpha_rs and p_rd are all 0: no operation left")
-    if isinstance(n_aug, bool) or not isinstance(n_aug, int) or n_aug < 1:
-        problems.append(f"n_aug={n_aug!r} must be an integer >= 1")
+    if isinstance(n_aug, bool) or not isinstance(n_aug, int) or not 1 <= n_aug <= _MAX_AUG:
+        problems.append(f"n_aug={n_aug!r} must be an integer in [1, {_MAX_AUG}]")
     if problems:
         raise ValueError("eda: " + "; ".join(problems))
 

@@ -16,7 +16,6 @@ Where the config names tasks, files and heads (the task table) is read here only
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import random
 import warnings
@@ -29,10 +28,8 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from gradlab.config import TrainConfig
+from gradlab.config import TrainConfig, task_table_args
 from gradlab.data import (
-    DEFAULT_FILES,
-    DEFAULT_READERS,
     ReaderSpec,
     TaskBatcher,
     collate,
@@ -50,7 +47,7 @@ from gradlab.probe import probe_indices
 from gradlab.schedules import Schedule, get_schedule
 from gradlab.seeding import derive_seed
 from gradlab.step import TaskLoss
-from gradlab.tasks import TASKS, register_aux_task
+from gradlab.tasks import TaskSpec, task_table
 
 
 @dataclass
@@ -122,7 +119,7 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
                           f"examples are longer than max_length={cfg.max_length} tokens "
                           "and are truncated", stacklevel=3)
     batchers = {t: TaskBatcher(len(train_sets[t].tokenized), cfg.batch_size, seed=cfg.seed,
-                               task=t) for t in tasks}
+                               task=t, drop_last=cfg.drop_last) for t in tasks}
     shared = model.shared_parameters()
     engine = GradientEngine([p for _, p in shared], [block_name(n) for n, _ in shared],
                             num_tasks=len(tasks))
@@ -147,21 +144,21 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
 # --- builders from plain arguments ---------------------------------------------------------
 
 
-def build_model(encoder: str, tasks: Sequence[str], *, tiny_encoder: dict | None = None,
-                seed: int = 0, pooling: str = "mean", sst_head: str = "linear",
-                pair_heads: Mapping[str, str] | None = None, head_dropout: float = 0.1,
-                device: str = "cpu") -> tuple[MultitaskModel, Any]:
+def build_model(encoder: str, tasks: Mapping[str, TaskSpec] | Sequence[str], *,
+                tiny_encoder: dict | None = None, seed: int = 0, pooling: str = "mean",
+                head_dropout: float = 0.1, device: str = "cpu") -> tuple[MultitaskModel, Any]:
     """The encoder (pretrained, or a random BERT ``tiny_encoder`` drawn from ``seed``) with
     one head per task (heads drawn from ``seed`` too), and its tokenizer.
 
-    pair_heads: task -> "bi" | "cross" | "cosine" for pair tasks (default "bi").
+    tasks: a task table (name -> TaskSpec, `gradlab.tasks.task_table`: heads and losses) or
+    built-in task names (their default heads).
     """
     tokenizer = load_tokenizer(encoder)
     encoder_module = load_encoder(encoder, tiny=tiny_encoder, seed=seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = MultitaskModel(encoder_module, list(tasks), pooling=pooling, sst_head=sst_head,
-                               pair_heads=dict(pair_heads or {}), dropout=head_dropout)
+        model = MultitaskModel(encoder_module, tasks if isinstance(tasks, Mapping) else
+                               list(tasks), pooling=pooling, dropout=head_dropout)
     return model.to(device), tokenizer
 
 
@@ -208,10 +205,12 @@ def build_counterfactuals(names: Sequence[str], seed: int = 0) -> dict[str, Meth
 
 def build_data(path: str | Path, reader: ReaderSpec, tokenizer: Any, *, task: str,
                strict: bool = False, limit: int | None = None, eda_fraction: float = 0.0,
-               eda_args: Mapping[str, Any] | None = None, seed: int = 0) -> EvalSet:
+               eda_args: Mapping[str, Any] | None = None, seed: int = 0,
+               cache_dir: str | Path | None = None) -> EvalSet:
     """Read and tokenize one task file; with ``eda_fraction`` > 0, EDA-augmented copies of
     that share of its rows are added, drawn from ``derive_seed(seed, "eda", task)`` (a
-    resumed run rebuilds the same data)."""
+    resumed run rebuilds the same data). cache_dir: where tokenizations are cached on disk
+    (None: in memory only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task {task!r}: file {path} does not exist")
@@ -221,7 +220,7 @@ def build_data(path: str | Path, reader: ReaderSpec, tokenizer: Any, *, task: st
 
         rng = np.random.default_rng(derive_seed(seed, "eda", task))
         examples = augment_examples(examples, rng, eda_fraction, **dict(eda_args or {}))
-    return EvalSet(task, tokenize_texts(examples, tokenizer), examples.ids)
+    return EvalSet(task, tokenize_texts(examples, tokenizer, cache_dir=cache_dir), examples.ids)
 
 
 # --- the config's task table: files, readers, heads, losses --------------------------------
@@ -229,56 +228,31 @@ def build_data(path: str | Path, reader: ReaderSpec, tokenizer: Any, *, task: st
 
 def model_from_config(cfg: TrainConfig) -> tuple[MultitaskModel, Any]:
     """The model and tokenizer a config describes (encoder weights: pretrained or seeded)."""
-    _register_aux_tasks(cfg)
-    pair_heads = {"para": cfg.para_head or cfg.pair_head, "sts": cfg.sts_head or cfg.pair_head}
-    if pair_heads["para"] == "cosine":
-        pair_heads["para"] = "bi"
-    return build_model(cfg.encoder, cfg.tasks, tiny_encoder=cfg.tiny_encoder, seed=cfg.seed,
-                       pooling=cfg.pooling, sst_head=cfg.sst_head,
-                       pair_heads={t: pair_heads[t] for t in cfg.tasks if t in pair_heads},
+    return build_model(cfg.encoder, task_table(**task_table_args(cfg)),
+                       tiny_encoder=cfg.tiny_encoder, seed=cfg.seed, pooling=cfg.pooling,
                        head_dropout=cfg.head_dropout, device=cfg.device)
 
 
 def split_from_config(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalSet:
     """Read and tokenize one task's split ("train" or "dev") as the config says: its file
-    and reader (``task_files`` overrides), limit, strictness, and EDA for ``eda_tasks``."""
-    _register_aux_tasks(cfg)
-    overrides = cfg.task_files.get(task) or {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"task_files[{task!r}] must be a mapping (train, dev, text_columns, "
-                         f"...), found {overrides!r}")
-    overrides = dict(overrides)
-    filename = overrides.pop(split, DEFAULT_FILES[task][0 if split == "train" else 1])
-    overrides.pop("train", None)
-    overrides.pop("dev", None)
-    fields = [f.name for f in dataclasses.fields(ReaderSpec)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"task_files[{task!r}]: unknown key(s) {unknown}; allowed: "
-                         f"{['train', 'dev', *fields]}")
-    spec = dataclasses.replace(DEFAULT_READERS[task], **overrides) if overrides else \
-        DEFAULT_READERS[task]
-    path = Path(filename)
+    and reader (the run's task table, ``task_files`` applied), limit, strictness, and EDA for
+    ``eda_tasks``."""
+    spec = task_table(**task_table_args(cfg))[task]
+    path = Path(spec.file(split))
     if not path.is_absolute():
         path = resolve_data_dir(cfg.data_dir) / path
     if not path.is_file():
         raise FileNotFoundError(f"task {task!r}: {split} file {path} does not exist")
     augment = split == "train" and task in cfg.eda_tasks
-    return build_data(path, spec, tokenizer, task=task, strict=cfg.strict_data,
+    return build_data(path, spec.reader, tokenizer, task=task, strict=cfg.strict_data,
                       limit=cfg.train_limit if split == "train" else cfg.dev_limit,
                       eda_fraction=cfg.eda_fraction if augment else 0.0,
-                      eda_args=cfg.eda_args, seed=cfg.seed)
+                      eda_args=cfg.eda_args, seed=cfg.seed, cache_dir=cfg.tokenization_cache)
 
 
 def _loss(cfg: TrainConfig) -> TaskLoss:
-    _register_aux_tasks(cfg)
-    return TaskLoss(specs=TASKS, precision=cfg.precision, sts_loss=cfg.sts_loss,
+    return TaskLoss(specs=task_table(**task_table_args(cfg)), precision=cfg.precision,
                     smart_weight=dict(cfg.smart_weight), smart_args=dict(cfg.smart_args))
-
-
-def _register_aux_tasks(cfg: TrainConfig) -> None:
-    for name, options in cfg.aux_tasks.items():
-        register_aux_task(name, options)
 
 
 __all__ = ["Parts", "build_counterfactuals", "build_data", "build_method", "build_model",

@@ -1,18 +1,29 @@
 """Experiment configuration: a dataclass of commented defaults -> YAML file -> key=value overrides.
 
-Unknown keys are errors (all of them listed at once, with the valid keys); the resolved
-config is saved with every run and checkpoint. Components never receive this object: the
-trainer unpacks it into plain arguments.
+The file and the overrides are merged first, then the merged result is validated once:
+unknown keys and bad values are errors, all of them listed at once, each naming the key and
+the value. Renamed keys of earlier versions (``DEPRECATED_KEYS``) are still read, with a
+warning, so that saved run folders resume and evaluate. The resolved config is saved with
+every run and checkpoint. Components never receive this object: the builders unpack it into
+plain arguments.
 """
 
 from __future__ import annotations
 
 import difflib
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gradlab.config_checks import show
+from gradlab.safe_yaml import MAX_YAML_NODES, YAMLRefusedError, safe_load
+
+#: old key -> its current name; an old key is read as the new one, with a FutureWarning
+DEPRECATED_KEYS = {"sst_head": "single_head", "sts_loss": "regression_loss"}
 
 
 class ConfigError(ValueError):
@@ -20,6 +31,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
+        self.source = source
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
 
@@ -39,6 +51,10 @@ class TrainConfig:
     max_length: int = 64  # truncation length in tokens (pairs: both sentences together)
     batch_size: int = 16  # examples per task per optimizer step
     eval_batch_size: int = 128
+    drop_last: bool = False  # skip each epoch's final partial batch (all batches equal-sized)
+    # folder for tokenized datasets (.npz, keyed by file, reader and tokenizer) that other
+    # processes reuse; None: tokenize once per process
+    tokenization_cache: str | None = None
     # per-task file and column overrides, e.g. {"para": {"train": "qqp.tsv",
     # "text_columns": ["question1", "question2"]}}
     task_files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -54,12 +70,13 @@ class TrainConfig:
     encoder: str = "minilm"  # "minilm" (packaged MiniLM-L6), a local path or a hub id
     tiny_encoder: dict[str, int] | None = None  # random BERT config for tests
     pooling: str = "mean"  # "mean" | "cls"
-    sst_head: str = "linear"  # "linear" | "mlp"
+    single_head: str = "linear"  # single-sentence tasks (SST, aux): "linear" | "mlp"
     pair_head: str = "bi"  # PARA/STS: "bi" | "cross" | "cosine" (cosine: STS only)
     para_head: str | None = None  # override pair_head for PARA
     sts_head: str | None = None  # override pair_head for STS
     head_dropout: float = 0.1
-    sts_loss: str = "mse"  # "mse" | "pearson" (1 - Pearson r over the batch)
+    # loss of the regression tasks (STS, aux): "mse" | "pearson" (1 - Pearson r over the batch)
+    regression_loss: str = "mse"
     smart_weight: dict[str, float] = field(default_factory=dict)  # SMART weight per task
     smart_args: dict[str, Any] = field(default_factory=dict)  # epsilon, step_size, noise_var, steps
     # --- optimisation -----------------------------------------------------------------
@@ -115,53 +132,114 @@ def config_keys() -> list[str]:
 
 def load_config(
     path: str | Path | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Build a TrainConfig from defaults, an optional YAML file and ``key=value`` overrides.
+
+    The file's keys and the overrides are merged, then validated together: one `ConfigError`
+    lists every problem of the file, the overrides and the merged values.
 
     Example:
         >>> cfg = load_config(None, ["steps=10", "method=pcgrad"])
         >>> (cfg.steps, cfg.method)
         (10, 'pcgrad')
     """
-    values: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError([f"config file {path} does not exist"], source)
+    source = "config" if path is None else str(path)
+    values, file_problems = ({}, []) if path is None else _read_file(Path(path))
+    changes, problems = _parse_overrides(overrides)
+    if file_problems:  # nothing to validate the overrides with
+        raise ConfigError(file_problems + problems, source)
+    values.update(changes)
+    return config_from_dict(values, source, problems)
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The keys of a YAML config file (renamed keys upgraded), or the problem reading it."""
+    if not path.is_file():
+        return {}, [f"config file {path} does not exist"]
+    try:
+        loaded = safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return {}, [f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                    f"{err.start})"]
+    except OSError as err:
+        return {}, [f"cannot read {path}: {err.strerror or err}"]
+    except (yaml.YAMLError, YAMLRefusedError) as err:
+        return {}, [f"{path} is not valid YAML: {' '.join(str(err).split())}"]
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        return {}, [f"{path} must hold a mapping of keys, found {type(loaded).__name__}"]
+    return upgrade_keys(loaded, str(path)), []
+
+
+def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` (or a mapping) -> {key: value}: the one override parser of the
+    CLI, sweeps and inference. Values are read as YAML (`parse_value`); renamed keys get
+    their current names. The keys are not checked here: `load_config` validates the merged
+    config. Raises `ConfigError` listing every item that is not ``key=value``.
+
+    >>> parse_overrides(["steps=10", "tasks=[sst, sts]", "lr=1e-4"])
+    {'steps': 10, 'tasks': ['sst', 'sts'], 'lr': 0.0001}
+    """
+    values, problems = _parse_overrides(overrides)
+    if problems:
+        raise ConfigError(problems, "overrides")
+    return values
+
+
+def _parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None
+                     ) -> tuple[dict[str, Any], list[str]]:
+    if overrides is None:
+        return {}, []
+    if isinstance(overrides, Mapping):
+        return upgrade_keys(overrides, "overrides"), []
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of 'key=value' items, found the string "
+                        f"{overrides!r}")
+    values, problems = {}, []
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} is not of the form key=value")
+            continue
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError([f"{path} is not valid YAML: {err}"], source) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                [f"{path} must hold a mapping of keys, found {type(loaded).__name__}"], source)
-        values.update(loaded)
-    if isinstance(overrides, dict):
-        values.update(overrides)
-    elif overrides:
-        problems = []
-        for item in overrides:
-            if "=" not in item:
-                problems.append(f"override {item!r} is not of the form key=value")
-                continue
-            key, raw = item.split("=", 1)
             values[key.strip()] = parse_value(raw)
-        if problems:
-            raise ConfigError(problems, "overrides")
-    return config_from_dict(values, source)
+        except YAMLRefusedError as err:
+            problems.append(f"{key.strip()}: the value is refused: {err}")
+    return upgrade_keys(values, "overrides"), problems
+
+
+def upgrade_keys(values: Mapping[str, Any], source: str = "config", *, warn: bool = True
+                 ) -> dict[str, Any]:
+    """``values`` with the renamed keys of earlier versions (`DEPRECATED_KEYS`) under their
+    current names, with a FutureWarning naming ``source`` (unless ``warn`` is False).
+
+    An old key given together with its new one is dropped when they agree; when they
+    differ, both stay, and `config_from_dict` reports the contradiction.
+    """
+    out = dict(values)
+    for old, new in DEPRECATED_KEYS.items():
+        if old not in out:
+            continue
+        if new in out and out[new] != out[old]:
+            continue  # config_from_dict names the conflict
+        if warn:
+            warnings.warn(f"{source}: config key {old!r} is deprecated; it is read as {new!r}",
+                          FutureWarning, stacklevel=3)
+        value = out.pop(old)
+        out.setdefault(new, value)
+    return out
 
 
 def parse_value(raw: str) -> Any:
-    """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats."""
+    """A YAML scalar/list/mapping; numbers YAML 1.1 leaves as strings ("1e-4") become floats.
+    Text that is not YAML is kept as a string; raises `YAMLRefusedError` for an alias bomb.
+    """
     if not raw.strip():
         return None
     try:
-        value = yaml.safe_load(raw)
+        value = safe_load(raw)
     except yaml.YAMLError:
         return raw
     if isinstance(value, str):
@@ -172,153 +250,55 @@ def parse_value(raw: str) -> Any:
     return value
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Validate a mapping of keys and build the config; every problem is listed at once."""
+def config_from_dict(values: Mapping[str, Any], source: str = "config",
+                     problems: Sequence[str] = ()) -> TrainConfig:
+    """Validate a mapping of keys and build the config; every problem is listed at once
+    (``problems``: ones the caller found already, e.g. malformed overrides)."""
     valid = config_keys()
-    problems = []
-    for key in values:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"unknown key {key!r}{hint}")
-    if problems:
-        problems.append("valid keys: " + ", ".join(valid))
-        raise ConfigError(problems, source)
+    values = upgrade_keys(values, source)
+    problems = list(problems)
+    unknown = [key for key in values if key not in valid]
+    for key in unknown:
+        if key in DEPRECATED_KEYS:
+            new = DEPRECATED_KEYS[key]
+            problems.append(f"{key}={values[key]!r} (the deprecated name of {new!r}) "
+                            f"contradicts {new}={values[new]!r}; give only {new!r}")
+            continue
+        close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown key {show(key)}{hint}")
+    known = {k: v for k, v in values.items() if k in valid}
     defaults = TrainConfig()
-    for key, value in list(values.items()):
+    for key, value in list(known.items()):
         if isinstance(getattr(defaults, key), float) and isinstance(value, str):
-            values[key] = parse_value(value)  # YAML 1.1 reads "5e-5" as a string
-    cfg = TrainConfig(**values)
-    problems = validate(cfg)
+            try:
+                known[key] = float(value)  # YAML 1.1 reads "5e-5" as a string
+            except ValueError:
+                pass  # the type check names it
+    cfg = TrainConfig(**known)
+    problems += validate(cfg)
+    if any(key not in DEPRECATED_KEYS for key in unknown):
+        problems.append("valid keys: " + ", ".join(valid))
     if problems:
         raise ConfigError(problems, source)
     return cfg
 
 
+def task_table_args(cfg: TrainConfig) -> dict[str, Any]:
+    """The config keys that define a run's task table, as `gradlab.tasks.task_table`'s
+    arguments: ``task_table(**task_table_args(cfg))``."""
+    return {"tasks": cfg.tasks, "aux_tasks": cfg.aux_tasks, "task_files": cfg.task_files,
+            "single_head": cfg.single_head, "pair_head": cfg.pair_head,
+            "para_head": cfg.para_head, "sts_head": cfg.sts_head,
+            "regression_loss": cfg.regression_loss}
+
+
 def validate(cfg: TrainConfig) -> list[str]:
-    """Every problem with a config's values (empty list when it is fine)."""
-    from gradlab.methods import METHODS
-    from gradlab.schedules import SCHEDULES
-    from gradlab.tasks import TASKS
+    """Every problem with a config's values (empty list when it is fine): each key's type and
+    range (`gradlab.config_checks`)."""
+    from gradlab.config_checks import config_problems
 
-    p: list[str] = _type_problems(cfg)
-
-    def choice(key: str, allowed: list[str]) -> None:
-        value = getattr(cfg, key)
-        if value not in allowed:
-            p.append(f"{key}={value!r} is not one of {allowed}")
-
-    def positive(key: str, zero_ok: bool = False) -> None:
-        value = getattr(cfg, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
-            p.append(f"{key}={value!r} must be an integer >= {0 if zero_ok else 1}")
-
-    known = sorted({*TASKS, *(cfg.aux_tasks if isinstance(cfg.aux_tasks, dict) else {})})
-    if not isinstance(cfg.tasks, list) or not cfg.tasks:
-        p.append(f"tasks={cfg.tasks!r} must be a non-empty list of {known}")
-    else:
-        for t in cfg.tasks:
-            if t not in known:
-                p.append(f"tasks: unknown task {t!r}; known tasks: {known} (a new task needs "
-                         "an aux_tasks entry)")
-        if len(set(cfg.tasks)) != len(cfg.tasks):
-            p.append(f"tasks={cfg.tasks!r} lists a task twice")
-    choice("method", sorted(METHODS))
-    choice("schedule", sorted(SCHEDULES))
-    choice("step_budget", ["optimizer", "per_task"])
-    choice("pooling", ["mean", "cls"])
-    choice("sst_head", ["linear", "mlp"])
-    choice("pair_head", ["bi", "cross", "cosine"])
-    for key in ("para_head", "sts_head"):
-        if getattr(cfg, key) is not None:
-            choice(key, ["bi", "cross", "cosine"])
-    if (cfg.para_head or cfg.pair_head) == "cosine" and "para" in (cfg.tasks or []):
-        if cfg.para_head == "cosine":
-            p.append("para_head='cosine' is for STS only; use 'bi' or 'cross' for PARA")
-    choice("sts_loss", ["mse", "pearson"])
-    choice("nonfinite", ["error", "skip"])
-    for key in ("steps", "batch_size", "eval_batch_size", "max_length", "probe_batch_size"):
-        positive(key)
-    for key in ("eval_every", "probe_every", "checkpoint_every", "keep_checkpoints"):
-        positive(key, zero_ok=True)
-    for key in ("train_limit", "dev_limit"):
-        if getattr(cfg, key) is not None:
-            positive(key)
-    if isinstance(cfg.max_length, int) and cfg.max_length < 8:
-        p.append(f"max_length={cfg.max_length} is too short (at least 8 tokens)")
-    if not isinstance(cfg.lr, int | float) or cfg.lr <= 0:
-        p.append(f"lr={cfg.lr!r} must be a positive number")
-    if not isinstance(cfg.warmup_ratio, int | float) or not 0 <= cfg.warmup_ratio < 1:
-        p.append(f"warmup_ratio={cfg.warmup_ratio!r} must be in [0, 1)")
-    if cfg.max_grad_norm is not None and (
-        not isinstance(cfg.max_grad_norm, int | float) or cfg.max_grad_norm <= 0
-    ):
-        p.append(f"max_grad_norm={cfg.max_grad_norm!r} must be positive or null")
-    for m in cfg.counterfactual_methods or []:
-        if m not in METHODS:
-            p.append(f"counterfactual_methods: unknown method {m!r}; known: {sorted(METHODS)}")
-    if not isinstance(cfg.method_args, dict):
-        p.append(f"method_args={cfg.method_args!r} must be a mapping")
-    name = str(cfg.name)
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        p.append(f"name={cfg.name!r} must be a plain folder name (no '/', '\\', '..')")
-    if cfg.tiny_encoder is not None and not isinstance(cfg.tiny_encoder, dict):
-        p.append(f"tiny_encoder={cfg.tiny_encoder!r} must be a mapping of BertConfig fields")
-    if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
-        p.append(f"device={cfg.device!r} must be 'cpu' or 'cuda[:N]'")
-    choice("precision", ["fp32", "bf16"])
-    p += _recipe_problems(cfg)
-    return p
-
-
-def _recipe_problems(cfg: TrainConfig) -> list[str]:
-    """Problems with the recipe keys: aux tasks, EDA, SMART, per-task optimizers."""
-    from gradlab.tasks import TASKS
-
-    p: list[str] = []
-    tasks = cfg.tasks if isinstance(cfg.tasks, list) else []
-    if isinstance(cfg.aux_tasks, dict):
-        for name, spec in cfg.aux_tasks.items():
-            if name in TASKS:
-                p.append(f"aux_tasks: {name!r} is a built-in task; choose another name")
-            if not isinstance(spec, dict) or "train" not in spec or "dev" not in spec:
-                p.append(f"aux_tasks[{name!r}] needs at least 'train' and 'dev' files")
-    for t in cfg.eda_tasks if isinstance(cfg.eda_tasks, list) else []:
-        if t not in tasks:
-            p.append(f"eda_tasks: {t!r} is not among tasks {tasks}")
-    if not isinstance(cfg.eda_fraction, int | float) or not 0 <= cfg.eda_fraction <= 1:
-        p.append(f"eda_fraction={cfg.eda_fraction!r} must be in [0, 1]")
-    if isinstance(cfg.smart_weight, dict):
-        for t, w in cfg.smart_weight.items():
-            if t not in tasks:
-                p.append(f"smart_weight: {t!r} is not among tasks {tasks}")
-            if not isinstance(w, int | float) or isinstance(w, bool) or w < 0:
-                p.append(f"smart_weight[{t!r}]={w!r} must be a number >= 0")
-    for key in ("encoder_lr", "encoder_weight_decay"):
-        value = getattr(cfg, key)
-        if value is not None and (not isinstance(value, int | float) or value < 0
-                                  or (key == "encoder_lr" and value == 0)):
-            p.append(f"{key}={value!r} must be a positive number or null")
-    return p
-
-
-def _type_problems(cfg: TrainConfig) -> list[str]:
-    """Text, flag, list and mapping keys holding a value of another type (numbers have their
-    own range checks), e.g. ``encoder: {...}`` or ``progress: "no"`` from a hand-edited file."""
-    kinds = {"str": str, "bool": bool, "list": list, "dict": dict}
-    problems = []
-    for f in fields(TrainConfig):
-        allowed = [part.strip().split("[")[0] for part in str(f.type).split("|")]
-        if f.name in ("tasks", "tiny_encoder", "method_args") or \
-                not set(allowed) - {"None"} <= set(kinds):  # (checked with more detail below)
-            continue
-        value = getattr(cfg, f.name)
-        if value is None and "None" in allowed:
-            continue
-        if not any(type(value) is kinds[a] or (a != "bool" and isinstance(value, kinds[a]))
-                   for a in allowed if a != "None"):
-            problems.append(f"{f.name}={value!r} must be of type {' or '.join(allowed)}")
-    return problems
+    return config_problems(cfg)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -327,9 +307,13 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``cfg`` with ``changes`` applied and validated."""
+    """A copy of ``cfg`` with ``changes`` (config keys) applied, validated as a whole.
+
+    >>> replace(TrainConfig(), steps=5, method="pcgrad").steps
+    5
+    """
     values = to_dict(cfg)
-    values.update(changes)
+    values.update(upgrade_keys(changes, "changes"))
     return config_from_dict(values)
 
 
@@ -339,14 +323,21 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 __all__ = [
+    "DEPRECATED_KEYS",
     "ConfigError",
+    "MAX_YAML_NODES",
     "TrainConfig",
+    "YAMLRefusedError",
     "config_from_dict",
     "config_keys",
     "load_config",
+    "parse_overrides",
     "parse_value",
     "replace",
+    "safe_load",
     "save_config",
+    "task_table_args",
     "to_dict",
+    "upgrade_keys",
     "validate",
 ]

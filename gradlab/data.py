@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -42,10 +43,10 @@ __all__ = [
     "TaskBatcher",
     "TaskExamples",
     "TokenizedTask",
+    "load_task",
     "bucketed_batches",
     "clear_tokenization_cache",
     "collate",
-    "load_task",
     "read_task_file",
     "resolve_data_dir",
     "special_token_ids",
@@ -115,16 +116,18 @@ class ReaderSpec:
             raise ValueError("invalid ReaderSpec: " + "; ".join(problems))
 
 
-DEFAULT_READERS: dict[str, ReaderSpec] = {
+# The built-in tasks' readers and files (read-only; a run's task table, with its extra tasks
+# and file changes, comes from gradlab.tasks.task_table)
+DEFAULT_READERS: Mapping[str, ReaderSpec] = MappingProxyType({
     "sst": ReaderSpec(("sentence",), "sentiment", "class", 5, (0, 4)),
     "para": ReaderSpec(("sentence1", "sentence2"), "is_duplicate", "binary", 2, (0, 1)),
     "sts": ReaderSpec(("sentence1", "sentence2"), "similarity", "regression", None, (0, 5)),
-}
-DEFAULT_FILES: dict[str, tuple[str, str]] = {  # task -> (train file, dev file)
+})
+DEFAULT_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({  # task -> (train, dev file)
     "sst": ("ids-sst-train.csv", "ids-sst-dev.csv"),
     "para": ("quora-train.csv", "quora-dev.csv"),
     "sts": ("sts-train.csv", "sts-dev.csv"),
-}
+})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +202,9 @@ def load_task(
     strict: bool = False,
     limit: int | None = None,
 ) -> TaskExamples:
-    """Read the default file of ``task`` ("sst", "para", "sts") for ``split`` ("train"/"dev")."""
+    """Read the default file of a built-in ``task`` ("sst", "para", "sts") for ``split``
+    ("train"/"dev") from the data folder: examples for notebooks and per-example gradients
+    (`gradlab.per_example`). Runs read their files through their task table instead."""
     if task not in DEFAULT_FILES:
         raise ValueError(f"task must be one of {sorted(DEFAULT_FILES)}, found {task!r}")
     if split not in ("train", "dev"):
@@ -292,8 +297,18 @@ def _column_indices(header: list[str], needed: tuple[str, ...], id_column: str |
     wanted = [*needed, *([id_column] if id_column is not None else [])]
     missing = [name for name in wanted if name not in header]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; columns found: {header}")
+        raise DataError(f"{path}: missing column(s) {missing}; columns found: "
+                        f"{_excerpt(header)}")
     return {name: header.index(name) for name in wanted}
+
+
+def _excerpt(cells: list[str], width: int = 40, count: int = 12) -> str:
+    """The first ``count`` cells of a row, each cut to ``width`` characters: a bounded echo
+    of a header that may be a whole file without newlines."""
+    shown = [c if len(c) <= width else f"{c[:width]}... ({len(c)} characters)"
+             for c in cells[:count]]
+    more = f", ... ({len(cells) - count} more)" if len(cells) > count else ""
+    return "[" + ", ".join(map(repr, shown)) + more + "]"
 
 
 def _malformed(

@@ -1,23 +1,29 @@
 """The multitask model: one shared HF encoder, one head per task.
 
-Pooling is [CLS] or masked mean. Heads: SST linear or 2-layer MLP; pair tasks as "bi"
-(encode each sentence, MLP on [u, v, |u-v|, u*v]), "cross" (both sentences in one input)
-or "cosine" (scaled cosine of the two embeddings, STS only).
+Pooling is [CLS] or masked mean. Each task's head is the one its TaskSpec names:
+single-sentence tasks linear or 2-layer MLP; pair tasks "bi" (encode each sentence, MLP on
+[u, v, |u-v|, u*v]), "cross" (both sentences in one input) or "cosine" (scaled cosine of
+the two embeddings, STS only).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from gradlab.tasks import TASKS, TaskSpec
+from gradlab.tasks import TaskSpec, task_table
 
 PACKAGED_ENCODER = "minilm"
+#: BertConfig fields of a tiny random test encoder; ``tiny_encoder`` changes any of them
+TINY_ENCODER_DEFAULTS = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                         "intermediate_size": 64, "max_position_embeddings": 512,
+                         "vocab_size": 30522}
 
 
 class EncoderError(ValueError):
@@ -52,16 +58,15 @@ def load_encoder(encoder: str, tiny: dict | None = None, seed: int = 0) -> nn.Mo
     are drawn from ``seed``, so tests need no download.
     """
     if tiny is not None:
-        fields = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                  "intermediate_size": 64, "max_position_embeddings": 512, "vocab_size": 30522}
-        fields.update(tiny)
+        fields = {**TINY_ENCODER_DEFAULTS, **tiny}
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = BertModel(BertConfig(**fields), add_pooling_layer=False)
         return model
     source = _resolve_source(encoder)
-    try:
-        model = AutoModel.from_pretrained(source, **_offline_kwargs(source))
+    _check_safetensors(source)
+    try:  # never unpickle: weights in any other format are refused
+        model = AutoModel.from_pretrained(source, use_safetensors=True, **_offline_kwargs(source))
     except (OSError, ValueError) as err:
         raise EncoderError(_load_message(encoder, "encoder", err)) from None
     # The pooler is unused (mean or [CLS] pooling of the last hidden state): drop it, so it is
@@ -82,6 +87,21 @@ def _resolve_source(encoder: str) -> str:
     if encoder.startswith((".", "/", "~")) or os.sep in encoder.strip("/").split("/", 1)[-1]:
         raise EncoderError(f"encoder path {encoder!r} does not exist")
     return encoder  # a hub id
+
+
+def _check_safetensors(source: str) -> None:
+    """EncoderError for a local folder without safetensors weights (e.g. only a pickled
+    ``pytorch_model.bin``, which loading would unpickle)."""
+    folder = Path(source)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    found = sorted(p.name for p in folder.iterdir()
+                   if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack"))
+    raise EncoderError(
+        f"encoder folder {folder} holds no safetensors weights (model.safetensors)"
+        + (f"; found {found}" if found else "") + ": gradlab loads safetensors only, "
+        "never pickled weights. Convert them where you trust the file: "
+        "AutoModel.from_pretrained(folder).save_pretrained(new_folder)")
 
 
 def _offline_kwargs(source: str) -> dict:
@@ -115,36 +135,51 @@ def _safe_source(encoder: str) -> str:
 class MultitaskModel(nn.Module):
     """Shared encoder + task heads.
 
+    tasks: the run's task table (name -> TaskSpec, from `gradlab.tasks.task_table`), whose
+    specs name each head; or names of built-in tasks, whose heads ``single_head`` ("linear"
+    | "mlp") and ``pair_heads`` ({"para" | "sts": "bi" | "cross" | "cosine"}) choose.
     forward(task, batch) -> predictions: [B, 5] logits (sst), [B] logit (para), [B] score (sts).
     Batches come from ``gradlab.data.collate``: "single"/"cross" layouts carry input_ids,
     attention_mask, token_type_ids [B, L]; the "bi" layout carries the same keys with _a and _b
     suffixes for the two sentences.
     """
 
-    def __init__(self, encoder: nn.Module, tasks: list[str], *, pooling: str = "mean",
-                 sst_head: str = "linear", pair_heads: dict[str, str] | None = None,
-                 dropout: float = 0.1) -> None:
+    def __init__(self, encoder: nn.Module, tasks: Mapping[str, TaskSpec] | Sequence[str], *,
+                 pooling: str = "mean", single_head: str = "linear",
+                 pair_heads: Mapping[str, str] | None = None, dropout: float = 0.1) -> None:
         super().__init__()
+        if isinstance(tasks, Mapping):
+            if single_head != "linear" or pair_heads:
+                raise ValueError("single_head and pair_heads choose the heads of built-in "
+                                 "task names; a task table's specs carry their own heads")
+            specs = dict(tasks)
+        else:
+            pair_heads = dict(pair_heads or {})
+            unknown = sorted(set(pair_heads) - {"para", "sts"})
+            if unknown:
+                raise ValueError(f"pair_heads: {unknown} are not built-in pair tasks "
+                                 "['para', 'sts']; pass a task table for other tasks")
+            specs = task_table(list(tasks), single_head=single_head,
+                               para_head=pair_heads.get("para"), sts_head=pair_heads.get("sts"))
         self.encoder = encoder
-        self.tasks = list(tasks)
+        self.task_specs: dict[str, TaskSpec] = specs
+        self.tasks = list(specs)
         self.pooling = pooling
-        self.pair_heads = dict(pair_heads or {})
         hidden = encoder.config.hidden_size
         heads = {}
-        for name in self.tasks:
-            spec = TASKS[name]
+        for name, spec in specs.items():
             if spec.kind == "single":
-                heads[name] = _single_head(hidden, spec.num_classes, sst_head, dropout)
+                heads[name] = _single_head(hidden, spec.num_classes, spec.head, dropout)
             else:
-                kind = self.pair_heads.setdefault(name, "bi")
-                heads[name] = _pair_head(hidden, kind, dropout)
+                heads[name] = _pair_head(hidden, spec.head, dropout)
         self.heads = nn.ModuleDict(heads)
 
     def layout(self, task: str) -> str:
         """How the task's batches are collated: "single", "bi" or "cross"."""
-        if TASKS[task].kind == "single":
+        spec = self.task_specs[task]
+        if spec.kind == "single":
             return "single"
-        return "cross" if self.pair_heads[task] == "cross" else "bi"
+        return "cross" if spec.head == "cross" else "bi"
 
     def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
               token_type_ids: torch.Tensor | None = None,
@@ -187,7 +222,7 @@ class MultitaskModel(nn.Module):
 
     def _forward(self, task: str, batch: dict[str, torch.Tensor],
                  inputs_embeds: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        spec: TaskSpec = TASKS[task]
+        spec = self.task_specs[task]
         embeddings = [
             self.embed(batch["input_ids" + s], batch["attention_mask" + s],
                        batch.get("token_type_ids" + s),
@@ -268,6 +303,7 @@ def _pair_head(hidden: int, kind: str, dropout: float) -> nn.Module:
 __all__ = [
     "EncoderError",
     "MultitaskModel",
+    "TINY_ENCODER_DEFAULTS",
     "block_name",
     "load_encoder",
     "load_tokenizer",

@@ -54,7 +54,7 @@ from torch import nn
 
 from gradlab.data import TaskExamples, collate, special_token_ids, tokenize_texts
 from gradlab.model import MultitaskModel, block_name
-from gradlab.tasks import TASKS, task_loss
+from gradlab.tasks import TaskSpec, task_loss
 
 __all__ = [
     "ExampleGradients",
@@ -161,7 +161,8 @@ def example_gramians(model: MultitaskModel, batches: Mapping[str, Mapping[str, t
         for task, batch in batches.items():
             with _capture(model.encoder, modules) as calls:
                 predictions = model(task, batch)
-            per_example = _per_example_losses(task, predictions, batch["labels"])
+            per_example = _per_example_losses(model.task_specs[task], predictions,
+                                              batch["labels"])
             outputs = [call.output for name in calls for call in calls[name]]
             grads = torch.autograd.grad(per_example.sum(), outputs, allow_unused=True)
             it = iter(grads)
@@ -379,10 +380,9 @@ def _capture(encoder: nn.Module, modules: Sequence[tuple[str, nn.Module, str]]):
             handle.remove()
 
 
-def _per_example_losses(task: str, predictions: torch.Tensor, labels: torch.Tensor
+def _per_example_losses(spec: TaskSpec, predictions: torch.Tensor, labels: torch.Tensor
                         ) -> torch.Tensor:
     """[B] each example's own loss: the task's loss of a batch of one."""
-    spec = TASKS[task]
     if predictions.dtype in (torch.float16, torch.bfloat16):
         predictions = predictions.float()
     if labels.is_floating_point():

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from gradlab.model import MultitaskModel
-from gradlab.tasks import TASKS
 
 __all__ = ["smart_loss", "symmetric_kl"]
 
@@ -58,7 +57,7 @@ def smart_loss(
     embeds = model.input_embeddings(task, batch)  # {key: [B, L, H]}
     masks = {k: batch["attention_mask" + k.removeprefix("inputs_embeds")] for k in embeds}
     clean = model.forward_embeds(task, batch, embeds) if predictions is None else predictions
-    output = TASKS[task].output
+    output = model.task_specs[task].output
 
     noise = {}
     for key, x in embeds.items():

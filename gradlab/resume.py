@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gradlab import checkpoint as ckpt
-from gradlab.config import TrainConfig, load_config, to_dict
+from gradlab.config import TrainConfig, load_config, to_dict, upgrade_keys
 
 if TYPE_CHECKING:
     from gradlab.build import Parts
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # Config keys a resumed run may change: none of them alters the trained parameters.
 RESUMABLE_CHANGES = ("name", "runs_dir", "data_dir", "progress", "threads", "device",
                      "eval_batch_size", "nonfinite", "checkpoint_every", "keep_checkpoints",
-                     "save_checkpoints")
+                     "save_checkpoints", "tokenization_cache")
 
 
 @dataclass
@@ -84,6 +84,7 @@ def check_compatible(saved: dict, cfg: TrainConfig, source: Path) -> None:
     A key the saved config lacks (added to gradlab later) counts as its default.
     """
     current, defaults = to_dict(cfg), to_dict(TrainConfig())
+    saved = upgrade_keys(saved, str(source), warn=False)  # keys renamed since it was saved
     problems = [f"{k}: the run has {saved.get(k, defaults[k])!r}, the config {v!r}"
                 for k, v in current.items()
                 if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]

@@ -36,12 +36,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TaskLoss:
-    """How a task's loss is computed: the task table, forward precision, regression loss and
+    """How a task's loss is computed: the task table (heads and losses), forward precision and
     the SMART regularizer's weight per task (0: none) and arguments."""
 
     specs: Mapping[str, TaskSpec] = field(default_factory=lambda: TASKS)
     precision: str = "fp32"  # "fp32" | "bf16" (forward under autocast)
-    sts_loss: str = "mse"
     smart_weight: Mapping[str, float] = field(default_factory=dict)
     smart_args: Mapping[str, Any] = field(default_factory=dict)
 
@@ -54,7 +53,7 @@ class TaskLoss:
             if self.precision == "bf16" else nullcontext()
         with autocast:
             predictions = model(task, batch)
-        loss = task_loss(self.specs[task], predictions.float(), batch["labels"], self.sts_loss)
+        loss = task_loss(self.specs[task], predictions.float(), batch["labels"])
         value = loss.item()
         weight = self.smart_weight.get(task, 0.0) if smart else 0.0
         if weight and math.isfinite(value):

@@ -38,7 +38,15 @@ from typing import Any
 
 import pandas as pd
 
-from gradlab.config import ConfigError, config_keys, load_config, parse_value
+from gradlab.config import (
+    DEPRECATED_KEYS,
+    ConfigError,
+    TrainConfig,
+    config_keys,
+    load_config,
+    parse_overrides,
+    parse_value,
+)
 
 __all__ = ["SweepError", "SweepRun", "grid_config_keys", "parse_grid", "plan_sweep", "run_name",
            "run_sweep"]
@@ -59,8 +67,9 @@ class SweepRun:
     point: dict[str, Any]
     seed: int
     name: str
-    values: dict[str, Any] = field(default_factory=dict)  # everything passed to train()
+    values: dict[str, Any] = field(default_factory=dict)  # the config keys the sweep sets
     variant: str = ""  # what the comparison calls it: the method, or e.g. "round_robin"
+    config: TrainConfig | None = None  # the file and values merged and validated: what trains
 
 
 def run_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds: Sequence[int],
@@ -84,7 +93,7 @@ def run_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds:
     failures = []
     for i, run in enumerate(runs, start=1):
         prefix = f"[{i}/{len(runs)}] {run.name}:"
-        row = _run_one(config, run, runs_dir, prefix)
+        row = _run_one(run, runs_dir, prefix)
         rows.append(row)
         if row["status"] != "finished":
             failures.append(f"{run.name}: {row['error']}")
@@ -107,7 +116,7 @@ def plan_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds
                overrides: Sequence[str] | Mapping[str, Any] | None = None) -> list[SweepRun]:
     """The runs of a sweep, every config validated first (one `ConfigError` lists all)."""
     axes = parse_grid(grid)
-    shared = _parse_overrides(overrides)
+    shared = parse_overrides(overrides)
     problems = []
     for key in RESERVED_KEYS:
         if key in shared:
@@ -143,7 +152,7 @@ def plan_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds
                 problems += [f"{name}: {p}" for p in err.problems if not p.startswith("valid")]
                 continue
             runs.append(SweepRun(point, seed, name, run_values,
-                                 _variant(cfg.method, cfg.schedule)))
+                                 _variant(cfg.method, cfg.schedule), cfg))
     if problems:
         raise ConfigError(problems, "sweep")
     return runs
@@ -162,7 +171,7 @@ def parse_grid(grid: Sequence[str]) -> dict[str, list[Any]]:
         raise TypeError(f"grid must be a list of 'key=v1,v2' items, found the string {grid!r}")
     axes: dict[str, list[Any]] = {}
     problems = []
-    valid = config_keys()
+    valid = [*config_keys(), *DEPRECATED_KEYS]  # renamed keys: run names keep their spelling
     seen: set[str] = set()
     for item in grid:
         key, sep, raw = str(item).partition("=")
@@ -226,10 +235,10 @@ def run_name(point: Mapping[str, Any], seed: int) -> str:
 # --- one run ---------------------------------------------------------------------------------
 
 
-def _run_one(config, run: SweepRun, runs_dir: Path, prefix: str) -> dict[str, Any]:
+def _run_one(run: SweepRun, runs_dir: Path, prefix: str) -> dict[str, Any]:
     """Skip, resume, or (re)start one run; its results row."""
     from gradlab.checkpoint import CheckpointError
-    from gradlab.trainer import train
+    from gradlab.training import train
 
     run_dir = runs_dir / run.name
     status = _status(run_dir)
@@ -251,12 +260,12 @@ def _run_one(config, run: SweepRun, runs_dir: Path, prefix: str) -> dict[str, An
     print(f"{prefix} {'resuming' if resume else 'training'}", flush=True)
     try:
         try:
-            train(config, resume=resume, **run.values)
+            train(run.config, resume=resume)
         except CheckpointError as err:  # an unusable checkpoint: start over
             moved = _move_aside(run_dir, runs_dir)
             print(f"{prefix} cannot resume ({err}); moved to {moved}, restarting", flush=True)
             action = "restarted"
-            train(config, **run.values)
+            train(run.config)
     except Exception as err:  # noqa: BLE001 - recorded; the sweep goes on
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"{prefix} FAILED {message}\n{traceback.format_exc(limit=3)}", flush=True)
@@ -383,25 +392,6 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
 
 
 # --- parsing helpers -------------------------------------------------------------------------
-
-
-def _parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    if overrides is None:
-        return {}
-    if isinstance(overrides, Mapping):
-        return dict(overrides)
-    if isinstance(overrides, str):
-        raise TypeError(f"overrides must be a list of 'key=value' items, found {overrides!r}")
-    out, problems = {}, []
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        if not sep or not key.strip():
-            problems.append(f"override {item!r} is not of the form key=value")
-            continue
-        out[key.strip()] = parse_value(raw)
-    if problems:
-        raise ConfigError(problems, "overrides")
-    return out
 
 
 def _split_top_level(text: str, sep: str = ",") -> list[str]:

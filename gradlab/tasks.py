@@ -1,13 +1,24 @@
 """Per-task specs: what a task reads, which head it uses, its loss and its dev metrics.
 
 SST-5 sentiment (5 classes, cross-entropy), Quora paraphrase (binary, BCE with logits) and
-STS-B similarity (0-5 regression, MSE or 1 - Pearson r). Metrics come from scikit-learn and
-scipy, not hand-written formulas.
+STS-B similarity (0-5 regression, MSE or 1 - Pearson r), plus any number of extra tasks from
+labelled sentence files. A run's tasks are a *task table* built from plain arguments by
+`task_table` (name -> TaskSpec); nothing here is mutated at run time, so any number of runs,
+each with its own tasks, can share one process. Metrics come from scikit-learn and scipy.
+
+Example:
+    >>> table = task_table(["sst", "sts"], single_head="mlp", regression_loss="pearson")
+    >>> (table["sst"].head, table["sts"].loss, table["sts"].files[1])
+    ('mlp', 'pearson', 'sts-dev.csv')
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,14 +26,30 @@ import torch.nn.functional as F
 from scipy import stats as scipy_stats
 from sklearn.metrics import accuracy_score, f1_score
 
+from gradlab.data import DEFAULT_FILES, DEFAULT_READERS, ReaderSpec
+
+SINGLE_HEADS = ("linear", "mlp")
+PAIR_HEADS = ("bi", "cross", "cosine")
+REGRESSION_LOSSES = ("mse", "pearson")
+_LOSSES = {"class": ("cross_entropy",), "binary": ("bce",), "regression": REGRESSION_LOSSES}
+#: keys of one ``aux_tasks`` entry (those without a default are required)
+AUX_TASK_KEYS = ("train", "dev", "text_columns", "label_column", "label_kind", "num_classes",
+                 "label_range", "id_column")
+_AUX_REQUIRED = ("train", "dev", "text_columns", "label_column", "label_kind", "label_range")
+
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task: its kind of input, output and primary metric.
+    """A task: its input, output, head, loss, files and primary metric.
 
     kind: "single" (one sentence) or "pair" (two sentences).
     output: "class" (num_classes logits), "binary" (one logit) or "regression" (one value).
     primary: the dev metric the leaderboard uses (accuracy or pearson).
+    reader: which columns of its files hold the text and the label (None: not read from files).
+    files: (train file, dev file), relative to the data folder or absolute.
+    head: "linear" | "mlp" (single) or "bi" | "cross" | "cosine" (pair); default linear / bi.
+    loss: "cross_entropy" (class), "bce" (binary), "mse" | "pearson" (regression); default
+    the first of these for the output.
     """
 
     name: str
@@ -31,53 +58,228 @@ class TaskSpec:
     output: str
     num_classes: int
     primary: str
+    reader: ReaderSpec | None = None
+    files: tuple[str, str] | None = None
+    head: str | None = None
+    loss: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in ("single", "pair"):
+            problems.append(f"kind={self.kind!r} is not one of ['single', 'pair']")
+        if self.output not in _LOSSES:
+            problems.append(f"output={self.output!r} is not one of {list(_LOSSES)}")
+        heads = SINGLE_HEADS if self.kind == "single" else PAIR_HEADS
+        if self.head is None:
+            object.__setattr__(self, "head", heads[0])
+        elif self.head not in heads:
+            problems.append(f"head={self.head!r} is not one of {list(heads)} for a "
+                            f"{self.kind}-sentence task")
+        losses = _LOSSES.get(self.output, ())
+        if self.loss is None and losses:
+            object.__setattr__(self, "loss", losses[0])
+        elif losses and self.loss not in losses:
+            problems.append(f"loss={self.loss!r} is not one of {list(losses)} for output "
+                            f"{self.output!r}")
+        if self.files is not None:
+            object.__setattr__(self, "files", tuple(self.files))
+        if problems:
+            raise ValueError(f"invalid TaskSpec {self.name!r}: " + "; ".join(problems))
+
+    def file(self, split: str) -> str:
+        """The task's file of ``split`` ("train" or "dev")."""
+        if self.files is None:
+            raise ValueError(f"task {self.name!r} has no files")
+        if split not in ("train", "dev"):
+            raise ValueError(f"split must be 'train' or 'dev', found {split!r}")
+        return self.files[0 if split == "train" else 1]
 
 
-TASKS: dict[str, TaskSpec] = {
-    "sst": TaskSpec("sst", "SST", "single", "class", 5, "accuracy"),
-    "para": TaskSpec("para", "PARA", "pair", "binary", 1, "accuracy"),
-    "sts": TaskSpec("sts", "STS", "pair", "regression", 1, "pearson"),
-}
+#: the built-in tasks with their default head and loss (read-only: a run's own table comes
+#: from `task_table`)
+TASKS: Mapping[str, TaskSpec] = MappingProxyType({
+    "sst": TaskSpec("sst", "SST", "single", "class", 5, "accuracy",
+                    DEFAULT_READERS["sst"], DEFAULT_FILES["sst"]),
+    "para": TaskSpec("para", "PARA", "pair", "binary", 1, "accuracy",
+                     DEFAULT_READERS["para"], DEFAULT_FILES["para"]),
+    "sts": TaskSpec("sts", "STS", "pair", "regression", 1, "pearson",
+                    DEFAULT_READERS["sts"], DEFAULT_FILES["sts"]),
+})
 
 
-def register_aux_task(name: str, options: dict) -> TaskSpec:
-    """Add a task read from any labelled sentence file (a 4th task with its own head).
+class TaskTableError(ValueError):
+    """Every problem found while building a task table (``problems``: one line each)."""
 
-    options: train, dev (files), text_columns (1 or 2 names), label_column, label_kind
-    ("class" | "binary" | "regression"), num_classes (class), label_range [low, high],
-    id_column (default "id"; null numbers rows by line). Registers the task's TaskSpec and
-    its reader so the trainer, evaluation and checkpoints treat it like a built-in task.
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def task_table(
+    tasks: Sequence[str],
+    *,
+    aux_tasks: Mapping[str, Mapping[str, Any]] | None = None,
+    task_files: Mapping[str, Mapping[str, Any]] | None = None,
+    single_head: str = "linear",
+    pair_head: str = "bi",
+    para_head: str | None = None,
+    sts_head: str | None = None,
+    regression_loss: str = "mse",
+) -> dict[str, TaskSpec]:
+    """The specs of one run's ``tasks``, in their order: the built-in tasks (sst, para, sts)
+    and the ``aux_tasks`` defined for this run, with their heads, losses and files.
+
+    aux_tasks: name -> options of an extra task from any labelled sentence file: train, dev
+    (files), text_columns (1 or 2 names), label_column, label_kind ("class" | "binary" |
+    "regression"), num_classes (class), label_range [low, high], id_column (default "id";
+    null numbers rows by line). Every entry is checked, listed in ``tasks`` or not.
+    task_files: task -> changes of its files (train, dev) and reader (text_columns,
+    label_column, ... as in `gradlab.data.ReaderSpec`).
+    single_head: head of every single-sentence task ("linear" | "mlp"). pair_head: head of
+    PARA and STS ("bi" | "cross" | "cosine"; PARA uses "bi" for "cosine"), unless
+    para_head / sts_head say otherwise; extra pair tasks use "bi". regression_loss: loss of
+    every regression task ("mse" | "pearson": 1 - Pearson r over the batch).
+
+    Raises `TaskTableError` listing every problem, each naming the argument and the value.
     """
-    from gradlab.data import DEFAULT_FILES, DEFAULT_READERS, ReaderSpec
+    problems: list[str] = []
+    _check_choice(problems, "single_head", single_head, SINGLE_HEADS)
+    _check_choice(problems, "pair_head", pair_head, PAIR_HEADS)
+    for key, value in (("para_head", para_head), ("sts_head", sts_head)):
+        if value is not None:
+            _check_choice(problems, key, value, PAIR_HEADS)
+    if para_head == "cosine" and not isinstance(tasks, str) and "para" in (tasks or []):
+        problems.append("para_head='cosine' is for STS only; use 'bi' or 'cross' for PARA")
+    _check_choice(problems, "regression_loss", regression_loss, REGRESSION_LOSSES)
+    aux_tasks = {} if aux_tasks is None else aux_tasks
+    task_files = {} if task_files is None else task_files
+    specs: dict[str, TaskSpec] = {}
+    if not isinstance(aux_tasks, Mapping):
+        problems.append(f"aux_tasks={aux_tasks!r} must be a mapping of task name -> options")
+        aux_tasks = {}
+    for name, options in aux_tasks.items():
+        spec = _aux_spec(name, options, problems)
+        if spec is not None:
+            specs[name] = spec
+    known = sorted({*TASKS, *aux_tasks})
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks:
+        problems.append(f"tasks={tasks!r} must be a non-empty list of {known}")
+        tasks = []
+    elif not all(isinstance(t, str) for t in tasks):
+        problems.append(f"tasks={list(tasks)!r} must be a list of task names (strings)")
+        tasks = []
+    else:
+        for t in tasks:
+            if t not in known:
+                problems.append(f"tasks: unknown task {t!r}; known tasks: {known} (a new task "
+                                "needs an aux_tasks entry)")
+        if len(set(tasks)) != len(tasks):
+            problems.append(f"tasks={list(tasks)!r} lists a task twice")
+    if not isinstance(task_files, Mapping):
+        problems.append(f"task_files={task_files!r} must be a mapping of task name -> files "
+                        "and columns")
+        task_files = {}
+    heads = {"para": para_head or pair_head, "sts": sts_head or pair_head}
+    if heads["para"] == "cosine":
+        heads["para"] = "bi"
+    table: dict[str, TaskSpec] = {}
+    for name in tasks:
+        if name in TASKS:
+            base = TASKS[name]
+            head = single_head if base.kind == "single" else heads[name]
+        elif name in specs:
+            base = specs[name]
+            head = single_head if base.kind == "single" else "bi"
+        else:
+            continue
+        loss = regression_loss if base.output == "regression" else None
+        if head not in (SINGLE_HEADS if base.kind == "single" else PAIR_HEADS) or \
+                (loss is not None and loss not in REGRESSION_LOSSES):
+            continue  # already a problem above
+        table[name] = dataclasses.replace(base, head=head, loss=loss)
+    for name, changes in task_files.items():
+        if name not in known:
+            problems.append(f"task_files: unknown task {name!r}; known tasks: {known}")
+        elif name in table:
+            table[name] = _with_files(table[name], changes, problems)
+        elif name in TASKS or name in specs:  # not trained in this run: checked all the same
+            _with_files(TASKS.get(name) or specs[name], changes, problems)
+    if problems:
+        raise TaskTableError(problems)
+    return table
 
-    allowed = {"train", "dev", "text_columns", "label_column", "label_kind", "num_classes",
-               "label_range", "id_column"}
-    unknown = sorted(set(options) - allowed)
-    missing = sorted({"train", "dev", "text_columns", "label_column", "label_kind",
-                      "label_range"} - set(options))
+
+def _check_choice(problems: list[str], key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        problems.append(f"{key}={value!r} is not one of {list(allowed)}")
+
+
+def _aux_spec(name: Any, options: Any, problems: list[str]) -> TaskSpec | None:
+    """The spec of one aux_tasks entry (None, with the problems added, when it is invalid)."""
+    where = f"aux_tasks[{name!r}]"
+    if name in TASKS:
+        problems.append(f"aux_tasks: {name!r} is a built-in task; choose another name")
+        return None
+    if not isinstance(name, str) or not name:
+        problems.append(f"aux_tasks: task name {name!r} must be a non-empty string")
+        return None
+    if not isinstance(options, Mapping):
+        problems.append(f"{where}={options!r} must be a mapping of {list(AUX_TASK_KEYS)}")
+        return None
+    unknown = sorted(set(options) - set(AUX_TASK_KEYS))
+    missing = [k for k in _AUX_REQUIRED if k not in options]
     if unknown or missing:
-        raise ValueError(f"aux_tasks[{name!r}]: unknown keys {unknown}, missing keys {missing}; "
-                         f"allowed: {sorted(allowed)}")
+        problems.append(f"{where}: unknown keys {unknown}, missing keys {missing}; "
+                        f"allowed: {sorted(AUX_TASK_KEYS)}")
+        return None
     kind = options["label_kind"]
     if kind not in ("class", "binary", "regression"):
-        raise ValueError(f"aux_tasks[{name!r}]: label_kind={kind!r} is not one of "
-                         "['class', 'binary', 'regression']")
-    columns = tuple(options["text_columns"])
+        problems.append(f"{where}: label_kind={kind!r} is not one of "
+                        "['class', 'binary', 'regression']")
+        return None
+    columns = options["text_columns"]
+    if isinstance(columns, str) or not isinstance(columns, Sequence):
+        problems.append(f"{where}: text_columns={columns!r} must be a list of 1 or 2 names")
+        return None
     classes = options.get("num_classes") if kind == "class" else (2 if kind == "binary" else None)
-    reader = ReaderSpec(columns, options["label_column"], kind, classes,
-                        tuple(options["label_range"]), options.get("id_column", "id"))
-    spec = TaskSpec(name, name.upper(), "single" if len(columns) == 1 else "pair", kind,
-                    classes if kind == "class" else 1,
-                    "pearson" if kind == "regression" else "accuracy")
-    TASKS[name] = spec
-    DEFAULT_READERS[name] = reader
-    DEFAULT_FILES[name] = (options["train"], options["dev"])
-    return spec
+    try:
+        reader = ReaderSpec(tuple(columns), options["label_column"], kind, classes,
+                            tuple(options["label_range"]), options.get("id_column", "id"))
+    except (TypeError, ValueError) as err:
+        problems.append(f"{where}: {err}")
+        return None
+    return TaskSpec(name, name.upper(), "single" if len(reader.text_columns) == 1 else "pair",
+                    kind, classes if kind == "class" else 1,
+                    "pearson" if kind == "regression" else "accuracy",
+                    reader, (options["train"], options["dev"]))
 
 
-def task_loss(spec: TaskSpec, predictions: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse"
-              ) -> torch.Tensor:
-    """Mean loss of a batch.
+def _with_files(spec: TaskSpec, changes: Any, problems: list[str]) -> TaskSpec:
+    """``spec`` with its task_files entry applied (train, dev, reader fields)."""
+    where = f"task_files[{spec.name!r}]"
+    fields = [f.name for f in dataclasses.fields(ReaderSpec)]
+    if not isinstance(changes, Mapping):
+        problems.append(f"{where} must be a mapping (train, dev, text_columns, ...), found "
+                        f"{changes!r}")
+        return spec
+    unknown = sorted(set(changes) - {"train", "dev", *fields})
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {unknown}; allowed: {['train', 'dev', *fields]}")
+        return spec
+    files = (changes.get("train", spec.files[0]), changes.get("dev", spec.files[1]))
+    reader_changes = {k: v for k, v in changes.items() if k in fields}
+    reader = spec.reader
+    if reader_changes:
+        try:
+            reader = dataclasses.replace(spec.reader, **reader_changes)
+        except (TypeError, ValueError) as err:
+            problems.append(f"{where}: {err}")
+            return spec
+    return dataclasses.replace(spec, reader=reader, files=files)
+
+
+def task_loss(spec: TaskSpec, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean loss of a batch, as ``spec.loss`` says.
 
     predictions: [B, C] logits (class), [B] logit (binary) or [B] value (regression).
     labels: [B] int64 (class) or float32 (binary, regression).
@@ -86,7 +288,7 @@ def task_loss(spec: TaskSpec, predictions: torch.Tensor, labels: torch.Tensor, s
         return F.cross_entropy(predictions, labels)
     if spec.output == "binary":
         return F.binary_cross_entropy_with_logits(predictions, labels)
-    if sts_loss == "pearson":
+    if spec.loss == "pearson":
         return pearson_loss(predictions, labels)
     return F.mse_loss(predictions, labels)
 
@@ -99,7 +301,8 @@ def pearson_loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """
     p = predictions - predictions.mean()
     y = labels - labels.mean()
-    denom = torch.sqrt((p * p).sum() * (y * y).sum()).clamp_min(1e-8)
+    # clamp before the square root: sqrt's derivative at 0 is infinite (0 * inf = NaN)
+    denom = torch.sqrt(((p * p).sum() * (y * y).sum()).clamp_min(1e-16))
     return 1.0 - (p * y).sum() / denom
 
 
@@ -136,12 +339,15 @@ def task_metrics(spec: TaskSpec, predicted: np.ndarray, labels: np.ndarray) -> d
     }
 
 
-def overall_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+def overall_metrics(per_task: Mapping[str, Mapping[str, float]],
+                    specs: Mapping[str, TaskSpec] | None = None) -> dict[str, float]:
     """Mean of the primary metrics, and the course leaderboard score (SST + PARA + (1 + r)/2)/3.
 
-    The score is defined only when all three default tasks were evaluated.
+    specs: the run's task table (default: the built-in tasks); tasks it lacks are left out
+    of the mean. The score is defined only when all three default tasks were evaluated.
     """
-    primaries = [per_task[t][TASKS[t].primary] for t in per_task if t in TASKS]
+    specs = TASKS if specs is None else specs
+    primaries = [per_task[t][specs[t].primary] for t in per_task if t in specs]
     out = {"mean": float(np.mean(primaries))} if primaries else {}
     if all(t in per_task for t in ("sst", "para", "sts")):
         r = per_task["sts"]["pearson"]
@@ -154,10 +360,11 @@ def overall_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
 __all__ = [
     "TASKS",
     "TaskSpec",
+    "TaskTableError",
     "overall_metrics",
     "pearson_loss",
     "predict_labels",
-    "register_aux_task",
     "task_loss",
     "task_metrics",
+    "task_table",
 ]

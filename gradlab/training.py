@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from gradlab import checkpoint as ckpt
 from gradlab import resume as resume_state
 from gradlab.build import Parts, build_parts
-from gradlab.config import TrainConfig, load_config, to_dict
+from gradlab.config import TrainConfig, load_config, replace, to_dict
 from gradlab.distributed import DistInfo, NullWriter, init_from_env
 from gradlab.evaluate import evaluate
 from gradlab.monitor import Monitor
@@ -83,7 +83,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: bool = Fals
         >>> handle.load().cosines(source="train")  # doctest: +SKIP
     """
     if isinstance(config, TrainConfig):
-        cfg = load_config(None, {**to_dict(config), **overrides})
+        cfg = replace(config, **overrides)
     else:
         cfg = load_config(config, overrides)
     run_dir = resolve_run_dir(Path(cfg.runs_dir), cfg.name)

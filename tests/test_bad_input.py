@@ -25,7 +25,7 @@ from gradlab.cli import main
 from gradlab.config import ConfigError, load_config
 from gradlab.data import DEFAULT_FILES, DEFAULT_READERS, DataError, DataWarning, read_task_file
 from gradlab.inference import evaluate_checkpoint, predict_file
-from gradlab.model import EncoderError
+from gradlab.model import EncoderError, load_encoder
 from gradlab.store import RunWriter, StoreError, resolve_run_dir
 
 ROWS = 24  # data rows per small task file
@@ -104,6 +104,16 @@ def test_missing_column(tmp_path, broken):
                                         r"columns found: \['', 'id', 'sentence1', 'sentence2', "
                                         r"'score'\]"):
         train(tmp_path, data_dir=str(folder))
+
+
+def test_missing_column_error_shows_a_bounded_excerpt_of_a_huge_header(tmp_path, broken):
+    folder = broken("sts-train.csv", lambda _: b"x" * 2_000_000)  # 2 MB, no newline
+    with pytest.raises(DataError) as err:
+        train(tmp_path, data_dir=str(folder))
+    message = str(err.value)
+    assert len(message) < 500, len(message)
+    assert "missing column(s) ['sentence1', 'sentence2', 'similarity', 'id']" in message
+    assert f"columns found: ['{'x' * 40}... (2000000 characters)']" in message
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -203,22 +213,27 @@ def test_cli_refuses_an_override_without_value(capsys):
 
 
 def test_bad_method_argument_refused_before_the_data_is_read(tmp_path):
-    with pytest.raises(TypeError, match=r"method 'pcgrad' got unexpected arguments "
-                                        r"reductoin='mean'; it takes \['reduction', 'seed'\]"):
+    with pytest.raises(ConfigError, match=r"method_args: method 'pcgrad' takes no argument\(s\) "
+                                          r"reductoin='mean'; it takes \['reduction', 'seed'\]"):
         train(tmp_path, method="pcgrad", method_args={"reductoin": "mean"},
               data_dir=str(tmp_path / "no-data-needed"))
+    assert not (tmp_path / "runs").exists()
 
 
 # --- encoders -----------------------------------------------------------------------------------
 
 
 def test_encoder_path_that_does_not_exist(tmp_path):
-    with pytest.raises(EncoderError, match=r"encoder path '\./no/such/encoder' does not exist"):
+    # refused with the config, before any folder is made
+    with pytest.raises(ConfigError, match=r"encoder='\./no/such/encoder': no such folder"):
         train(tmp_path, encoder="./no/such/encoder", tiny_encoder=None)
     empty = tmp_path / "empty-encoder"
     empty.mkdir()
-    with pytest.raises(EncoderError, match=rf"encoder folder {empty} has no config.json"):
+    with pytest.raises(ConfigError, match=r"empty-encoder': the folder has no config.json"):
         train(tmp_path, encoder=str(empty), tiny_encoder=None)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(EncoderError, match=rf"encoder folder {empty} has no config.json"):
+        load_encoder(str(empty))
 
 
 def test_hub_id_while_offline_says_it_cannot_download(tmp_path, monkeypatch):
@@ -347,6 +362,81 @@ def test_predict_refuses_a_task_the_checkpoint_lacks(runs, data_dir, tmp_path):
         predict_file(runs / "sst", "sts", data_dir / "sts-dev.csv", tmp_path / "p.tsv")
 
 
+def test_predict_refuses_to_overwrite_its_input(runs, data_dir, tmp_path):
+    source = tmp_path / "in.csv"
+    shutil.copy(data_dir / "ids-sst-dev.csv", source)
+    before = source.read_bytes()
+    for out in (source, tmp_path / "." / "in.csv"):
+        with pytest.raises(ValueError, match=r"the output file .*in.csv is the input file "
+                                             r".*in.csv: the predictions would overwrite it"):
+            predict_file(runs / "full", "sst", source, out)
+    link = tmp_path / "link.csv"
+    link.symlink_to(source)
+    with pytest.raises(ValueError, match="the predictions would overwrite it"):
+        predict_file(runs / "full", "sst", source, link)
+    assert source.read_bytes() == before
+
+
+def test_predict_refuses_duplicate_ids_naming_them_and_their_lines(runs, data_dir, tmp_path):
+    lines = (data_dir / "ids-sst-dev.csv").read_bytes().split(b"\n")
+    source = tmp_path / "dup.csv"
+    source.write_bytes(b"\n".join([*lines[:6], lines[2], lines[4], *lines[6:]]))
+    first, second = (lines[n].split(b"\t")[1].decode() for n in (2, 4))
+    with pytest.raises(DataError, match=rf"dup.csv: 2 id\(s\) occur more than once, so the "
+                                        rf"predictions could not be told apart: '{first}' on "
+                                        rf"lines 3, 7; '{second}' on lines 5, 8"):
+        predict_file(runs / "full", "sst", source, tmp_path / "p.tsv")
+    assert not (tmp_path / "p.tsv").exists()
+
+
+def test_encoder_folder_with_only_pickled_weights_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, vocab_size=100))
+    # transformers 5 writes safetensors even with safe_serialization=False: pickle by hand
+    bert.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    (tmp_path / "pickled" / "model.safetensors").unlink(missing_ok=True)
+    torch.save(bert.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(EncoderError, match=r"pickled holds no safetensors weights "
+                                           r"\(model.safetensors\); found \['pytorch_model.bin'\]"
+                                           r": gradlab loads safetensors only"):
+        load_encoder(str(tmp_path / "pickled"))
+    bert.save_pretrained(tmp_path / "safe")  # safetensors: loads
+    assert load_encoder(str(tmp_path / "safe")).config.hidden_size == 32
+
+
+def test_evaluate_refuses_a_checkpoint_with_nan_parameters(run_copy):
+    run = run_copy()
+    file = run / "checkpoints" / "last" / "model.safetensors"
+    tensors = load_file(str(file))
+    tensors["heads.sst.1.weight"][0, 0] = float("nan")
+    save_file(tensors, str(file))
+    with pytest.raises(CheckpointError, match=r"last: 1 parameter tensor\(s\) hold NaN or "
+                                              r"infinite values \(heads.sst.1.weight\)"):
+        evaluate_checkpoint(run / "checkpoints" / "last")
+
+
+def test_undefined_metrics_are_null_in_strict_json(run_copy, tmp_path, capsys):
+    run = run_copy()
+    file = run / "checkpoints" / "last" / "model.safetensors"
+    tensors = load_file(str(file))
+    for name in [n for n in tensors if n.startswith("heads.sts.")]:
+        tensors[name] = torch.zeros_like(tensors[name])  # constant STS predictions
+    save_file(tensors, str(file))
+    out = tmp_path / "metrics.json"
+    with pytest.warns(UserWarning, match=r"undefined metric\(s\) sts.pearson, sts.spearman, "
+                                         r"overall.mean, overall.score .*reported as null"):
+        assert main(["evaluate", str(run / "checkpoints" / "last"), "--json", str(out)]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in strict JSON")
+    metrics = json.loads(out.read_text(), parse_constant=refuse)
+    assert metrics["sts"] == {"pearson": None, "spearman": None}
+    assert metrics["overall"]["mean"] is None
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse) == metrics
+
+
 # --- run stores ---------------------------------------------------------------------------------
 
 
@@ -405,9 +495,9 @@ def test_run_name_that_would_escape_the_runs_folder(tmp_path, name):
 
 
 def test_unwritable_output_folder_is_refused_before_loading(tmp_path, monkeypatch):
-    import gradlab.trainer as trainer
+    import gradlab.build as build
 
-    monkeypatch.setattr(trainer, "build_model", lambda cfg: pytest.fail("loaded the model"))
+    monkeypatch.setattr(build, "build_model", lambda *a, **k: pytest.fail("loaded the model"))
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file where a folder should be")
     with pytest.raises(OSError, match=rf"cannot create the runs folder {blocker}/runs: "

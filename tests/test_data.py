@@ -22,12 +22,12 @@ from gradlab.data import (
     bucketed_batches,
     clear_tokenization_cache,
     collate,
-    load_task,
     read_task_file,
     resolve_data_dir,
     special_token_ids,
     tokenize_texts,
 )
+from gradlab.tasks import TASKS
 
 SST, PARA, STS = DEFAULT_READERS["sst"], DEFAULT_READERS["para"], DEFAULT_READERS["sts"]
 SST_HEADER = "\tid\tsentence\tsentiment"
@@ -310,7 +310,9 @@ def test_real_files_read_cleanly(task, split, rows):
     data_dir = shared_data_dir()
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
-        examples = load_task(task, split, data_dir=data_dir)
+        spec = TASKS[task]
+        examples = read_task_file(resolve_data_dir(data_dir) / spec.file(split), spec.reader,
+                                  task=task)
     assert len(examples) == rows
     assert examples.path.name == DEFAULT_FILES[task][split == "dev"]
 
@@ -622,3 +624,23 @@ def test_module_example(pair_file, tokenizer):
     batch = collate(tokenized, indices, layout="cross", max_length=128,
                     **special_token_ids(tokenizer))
     assert batch["input_ids"].shape == (2, tokenized.lengths("cross")[indices].max())
+
+
+def test_drop_last_and_tokenization_cache_config_keys_reach_the_run(tmp_path, tiny_overrides):
+    """6 training rows in batches of 4: with drop_last every epoch is one full batch, so
+    after 3 steps the batchers are in epoch 2, not 1; the tokenization cache is on disk."""
+    import json
+
+    import gradlab
+
+    common = {**tiny_overrides, "tasks": ["sst"], "train_limit": 6, "steps": 3,
+              "probe_every": 0, "eval_every": 0}
+    cache = tmp_path / "tokens"
+    epochs = {}
+    for drop_last in (False, True):
+        handle = gradlab.train(None, **common, name=f"drop-{drop_last}", drop_last=drop_last,
+                               tokenization_cache=str(cache))
+        state = json.loads((handle.path / "checkpoints/last/state.json").read_text())
+        epochs[drop_last] = state["batchers"]["sst"]["epoch"]
+    assert epochs == {False: 1, True: 2}
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*.npz")) == ["sst", "sst"]

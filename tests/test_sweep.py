@@ -206,3 +206,30 @@ def test_sweep_compares_round_robin_with_joint_methods_on_one_budget(sweep_args)
     assert set(comparison["method"]) == {"sum", "round_robin"}
     assert set(comparison["baseline"]) == {"sum"}
     assert set(comparison.loc[comparison.method == "round_robin", "n_pairs"]) == {2}
+
+
+def test_cli_sweeps_the_aux_recipe_over_two_seeds_in_one_process(sweep_args, tmp_path, capsys):
+    """Each run builds its own task table: the second aux-task run of a process is not
+    refused (an earlier version registered the aux task in module globals)."""
+    from test_config import AUX_CONFIG, aux_data_dir
+
+    from gradlab.cli import main
+
+    data = aux_data_dir(tmp_path / "data")
+    overrides = {**sweep_args["overrides"], "data_dir": str(data), "eval_every": 0}
+    args = [f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
+            for k, v in overrides.items()]
+    runs_dir = tmp_path / "aux-sweep"
+    assert main(["sweep", str(AUX_CONFIG), "--seeds", "0,1", "--runs-dir", str(runs_dir),
+                 *args]) == 0
+    table = pd.read_csv(runs_dir / "results.csv")
+    assert list(table["run"]) == ["seed-0", "seed-1"]
+    assert (table["status"] == "finished").all(), table["error"].tolist()
+    assert table["cola.accuracy"].notna().all() and table["sts.pearson"].notna().all()
+
+
+def test_grid_reads_renamed_keys_and_keeps_their_run_names(tmp_path):
+    with pytest.warns(FutureWarning, match="'sst_head' is deprecated"):
+        runs = plan_sweep(None, ["sst_head=linear,mlp"], [0], tmp_path, ["steps=2"])
+    assert [r.name for r in runs] == ["sst_head-linear_seed-0", "sst_head-mlp_seed-0"]
+    assert [r.config.single_head for r in runs] == ["linear", "mlp"]

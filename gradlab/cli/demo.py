@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from gradlab.config import load_config
-    from gradlab.trainer import train
+    from gradlab.training import train
 
     base = load_config(args.config if args.config.is_file() else None, args.overrides)
     t0 = time.perf_counter()

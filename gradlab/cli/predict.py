@@ -11,8 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--task", required=True, help="sst, para or sts")
     p.add_argument("--input", type=Path, required=True,
-                   help="task file (TSV laid out as the dev files; the label column may be absent)")
-    p.add_argument("--out", type=Path, required=True, help="output TSV: id, prediction")
+                   help="task file (TSV laid out as the dev files; the label column may be "
+                        "absent; ids must be unique: a repeated id is an error naming its lines)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output TSV: id, prediction (never the --input file)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=run)
 

@@ -20,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gradlab.config import load_config
     from gradlab.store import StoreError
-    from gradlab.trainer import train
+    from gradlab.training import train
 
     try:
         if args.resume is not None:
@@ -29,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--resume continues a run with the config saved in it; "
                                  "do not pass --config as well")
             handle = resume(args.resume, args.overrides)
-        else:
-            handle = train(args.config, **_overrides(args.overrides))
+        else:  # the file and the overrides merged, then validated together
+            handle = train(load_config(args.config, args.overrides))
     except StoreError as err:  # names the run store; no traceback needed
         raise OSError(str(err)) from err
     print(json.dumps({"run": str(handle.path), "metrics": handle.metrics,
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
 def resume(run_dir: Path, overrides: list[str]):
     """Continue ``run_dir`` with the config saved in it (plus overrides, e.g. progress)."""
-    from gradlab.trainer import train
+    from gradlab.config import load_config, parse_overrides
+    from gradlab.training import train
 
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
@@ -49,17 +51,6 @@ def resume(run_dir: Path, overrides: list[str]):
     if not config.is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir} is not a run folder (it has no "
                                 "config.yaml)")
-    values = _overrides(overrides)
+    values = parse_overrides(overrides)
     values.update(name=run_dir.name, runs_dir=str(run_dir.parent))
-    return train(config, resume=True, **values)
-
-
-def _overrides(items: list[str]) -> dict:
-    from gradlab.config import ConfigError, load_config, to_dict
-
-    problems = [f"override {i!r} is not of the form key=value" for i in items if "=" not in i]
-    if problems:
-        raise ConfigError(problems, "overrides")
-    parsed = to_dict(load_config(None, items))
-    keys = {i.split("=", 1)[0].strip() for i in items}
-    return {k: v for k, v in parsed.items() if k in keys}
+    return train(load_config(config, values), resume=True)
