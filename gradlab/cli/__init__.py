@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gradlab.cli import compare, demo, evaluate, export, figures, predict, sweep, train
+from gradlab.cli import compare, demo, evaluate, export, figures, noise_study, predict, sweep, train
 from gradlab.store import StoreError
 
 SUBCOMMANDS = {
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "compare": compare,
     "sweep": sweep,
     "export": export,
+    "noise-study": noise_study,
 }
 
 
