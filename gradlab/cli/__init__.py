@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from gradlab.cli import compare, demo, evaluate, export, figures, predict, sweep, train
+from gradlab.cli import compare, demo, evaluate, export, figures, noise_study, predict, sweep, train
 from gradlab.store import StoreError
 
 SUBCOMMANDS = {
@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "compare": compare,
     "sweep": sweep,
     "export": export,
+    "noise-study": noise_study,
 }
 
 
