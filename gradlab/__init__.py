@@ -30,6 +30,14 @@ _EXPORTS = {
     "compare": "gradlab.plot",
     "set_theme": "gradlab.plot",
     "evaluate_checkpoint": "gradlab.inference",
+    "build_parts": "gradlab.build",
+    "task_gradients": "gradlab.step",
+    "train_step": "gradlab.step",
+    "load_model": "gradlab.probing",
+    "gradients": "gradlab.probing",
+    "noise_study": "gradlab.noise",
+    "example_gradients": "gradlab.per_example",
+    "ExampleGradients": "gradlab.per_example",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -40,7 +48,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name in ("stats", "plot", "methods", "data", "engine", "store", "run", "config"):
+    if name in ("stats", "plot", "methods", "data", "engine", "store", "run", "config",
+                "calibration", "build", "step"):
         return importlib.import_module(f"gradlab.{name}")
     raise AttributeError(f"module 'gradlab' has no attribute {name!r}")
 

@@ -132,7 +132,7 @@ def noise_study(model: LoadedModel | str | Path | Any = None,
     """
     from tqdm.auto import tqdm
 
-    from gradlab.trainer import load_split
+    from gradlab.build import split_from_config as load_split
 
     sizes = _check(batch_sizes, rounds, replicates, level)
     loaded = load_model(model, **overrides)
@@ -155,7 +155,7 @@ def noise_study(model: LoadedModel | str | Path | Any = None,
         for _ in range(rounds):
             index = {t: draws[t].take(K * b).reshape(K, b) for t in tasks}
             batches = [(t, _batch(loaded, data[t], index[t][a])) for a in range(K) for t in tasks]
-            loss, G = _task_gradients(net, batches, engine, sts_loss=cfg.sts_loss)
+            loss, G = _task_gradients(net, batches, engine)
             per_round.append(G)
             round_losses.append(loss.reshape(K, T))
             bar.set_postfix(batch_size=b)

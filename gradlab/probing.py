@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,8 @@ from gradlab.data import (
 )
 from gradlab.engine import GradientEngine
 from gradlab.model import MultitaskModel, block_name
-from gradlab.tasks import TASKS, task_loss
+from gradlab.step import TaskLoss, task_gradients
+from gradlab.tasks import TASKS
 
 __all__ = ["BLOCK_CHOICES", "Gradients", "LoadedModel", "gradients", "load_model",
            "parameter_blocks"]
@@ -92,7 +92,7 @@ def load_model(source: LoadedModel | TrainConfig | str | Path | None = None,
     >>> loaded.tasks, loaded.model.training
     (['sst', 'para', 'sts'], False)
     """
-    from gradlab.trainer import build_model
+    from gradlab.build import model_from_config as build_model
 
     if isinstance(source, LoadedModel):
         if overrides:
@@ -259,7 +259,7 @@ def gradients(model: LoadedModel | TrainConfig | str | Path | None,
     the batch); the gradient is the engine's row of J.
     """
     loaded = load_model(model)
-    net, cfg = loaded.model, loaded.config
+    net = loaded.model
     if not isinstance(examples, Mapping) or not examples:
         raise TypeError(f"examples must be a non-empty mapping task -> examples or file, "
                         f"found {type(examples).__name__}")
@@ -279,7 +279,7 @@ def gradients(model: LoadedModel | TrainConfig | str | Path | None,
     engine, names = gradient_engine(net, blocks, rows=replicates * len(tasks))
     batches = [(t, _batch(loaded, tokenized[t], parts[t][a])) for a in range(replicates)
                for t in tasks]
-    losses, G = _task_gradients(net, batches, engine, sts_loss=cfg.sts_loss)
+    losses, G = _task_gradients(net, batches, engine)
     T = len(tasks)
     return Gradients(tasks=tasks, block_names=list(engine.block_names), replicate_gramians=G,
                      losses=losses.reshape(replicates, T),
@@ -333,32 +333,19 @@ def gradient_engine(model: MultitaskModel, blocks: str | Sequence[str], rows: in
 
 
 def _task_gradients(model: MultitaskModel, batches: Sequence[tuple[str, dict]],
-                    engine: GradientEngine, *, sts_loss: str = "mse"
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(losses [n], block Gramians [B, n, n]) of one J row per (task, batch), dropout off.
-
-    The only place this module calls autograd; `gradlab.step.task_gradients(model, batches,
-    engine, smart=False)` does the same and can replace it.
-    """
+                    engine: GradientEngine) -> tuple[np.ndarray, np.ndarray]:
+    """(losses [n], block Gramians [B, n, n]) of one J row per (task, batch), dropout off:
+    `gradlab.step.task_gradients` with the model's task table, no SMART term."""
     was_training = model.training
     model.eval()
-    heads = [p for _, p in model.head_parameters()]
-    losses = np.zeros(len(batches))
     try:
-        for row, (task, batch) in enumerate(batches):
-            engine.bind_row(row)
-            loss = task_loss(_specs(model)[task], model(task, batch).float(), batch["labels"],
-                             sts_loss)
-            losses[row] = loss.item()
-            if not math.isfinite(losses[row]):
-                raise FloatingPointError(f"non-finite loss {losses[row]} of task {task!r}")
-            loss.backward()
-            engine.check_bound(row)
-            for p in heads:
-                p.grad = None
-        return losses, engine.block_gramians(len(batches)).numpy()
+        result = task_gradients(model, batches, engine, loss=TaskLoss(specs=_specs(model)),
+                                smart=False)
+        if result.fault is not None:
+            raise FloatingPointError(result.fault)
+        return result.losses.numpy(), result.block_gramians.numpy()
     finally:
-        for p in engine.params:
+        for p in [*engine.params, *(p for _, p in model.head_parameters())]:
             p.grad = None
         model.train(was_training)
 

@@ -82,7 +82,7 @@ def test_gramians_equal_gradients_on_the_same_batches():
     loaded = probing.load_model(None, **TINY)
     study = noise.noise_study(loaded, (2,), rounds=1, replicates=3, progress=False)
     # rebuild round 0's batches and compute them through probing.gradients' engine path
-    from gradlab.trainer import load_split
+    from gradlab.build import split_from_config as load_split
 
     data = {t: load_split(loaded.config, t, "train", loaded.tokenizer).tokenized
             for t in loaded.tasks}
