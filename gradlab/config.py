@@ -5,9 +5,8 @@ unknown keys and bad values are errors, all of them listed at once, each naming 
 the value (every key's type and range: `gradlab.config_checks`). YAML is read with
 `gradlab.safe_yaml` (no objects, no alias bombs). Renamed keys of earlier versions
 (``DEPRECATED_KEYS``) are still read, with a warning, so that saved run folders resume and
-evaluate. The resolved config is saved with
-every run and checkpoint. Components never receive this object: the builders unpack it into
-plain arguments.
+evaluate. The resolved config is saved with every run and checkpoint. Components never
+receive this object: the builders unpack it into plain arguments.
 """
 
 from __future__ import annotations
