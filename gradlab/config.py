@@ -2,10 +2,11 @@
 
 The file and the overrides are merged first, then the merged result is validated once:
 unknown keys and bad values are errors, all of them listed at once, each naming the key and
-the value. Renamed keys of earlier versions (``DEPRECATED_KEYS``) are still read, with a
-warning, so that saved run folders resume and evaluate. The resolved config is saved with
-every run and checkpoint. Components never receive this object: the builders unpack it into
-plain arguments.
+the value (every key's type and range: `gradlab.config_checks`). YAML is read with
+`gradlab.safe_yaml` (no objects, no alias bombs). Renamed keys of earlier versions
+(``DEPRECATED_KEYS``) are still read, with a warning, so that saved run folders resume and
+evaluate. The resolved config is saved with every run and checkpoint. Components never
+receive this object: the builders unpack it into plain arguments.
 """
 
 from __future__ import annotations

@@ -261,7 +261,8 @@ def _recipe_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
 
 def _items(mapping: dict, keys: list) -> str:
     """``key=value, ...`` of some of a mapping's items (keys as written, values shortened)."""
-    return ", ".join(f"{k if isinstance(k, str) else show(k)}={show(mapping[k])}" for k in keys)
+    return ", ".join(f"{k if isinstance(k, str) and k.isidentifier() and k.isascii() else show(k)}"
+                     f"={show(mapping[k])}" for k in keys)
 
 
 def _has_nan(value: Any) -> bool:

@@ -42,6 +42,14 @@ def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys):
         "offset 6)")
 
 
+def test_a_lone_surrogate_in_a_bad_value_is_printed_escaped(tmp_path, capsys):
+    # a YAML escape makes a string no encoding can write; printing it raised UnicodeEncodeError
+    assert main(["train", 'eda_args={"\\ud800": 1}', 'name="\\udc00/x"']) == 2
+    line = _one_error_line(capsys)
+    assert "eda_args: unknown argument(s) '\\ud800'=1" in line
+    assert "name='\\udc00/x' must be a plain folder name" in line
+
+
 def test_a_locked_run_is_one_line_naming_it(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "busy"
     holder = subprocess.Popen(  # another process holds the run's lock (it is re-entrant in one)

@@ -70,7 +70,7 @@ _CHANGES = st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True).
     lambda keys: st.fixed_dictionaries({k: st.one_of(_VALUES, _of_its_type(k)) for k in keys}))
 
 # GRADLAB_FUZZ_EXAMPLES=5000 for a longer search
-_SETTINGS = settings(max_examples=int(os.environ.get("GRADLAB_FUZZ_EXAMPLES", "120")),
+_SETTINGS = settings(max_examples=int(os.environ.get("GRADLAB_FUZZ_EXAMPLES", "250")),
                      deadline=timedelta(seconds=3),
                      suppress_health_check=[HealthCheck.too_slow,
                                             HealthCheck.function_scoped_fixture])

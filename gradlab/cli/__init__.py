@@ -93,7 +93,8 @@ def one_line(err: BaseException) -> str:
         text = f"{len(problems)} problem(s) in {err.source}: " + "; ".join(map(str, problems))
     else:
         text = str(err) or type(err).__name__
-    text = " ".join(text.split())
+    # lone surrogates (a YAML "\ud800" escape) cannot be printed: shown escaped
+    text = " ".join(text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + f" ... ({len(text) - _MAX_MESSAGE} more characters)"
     return text
