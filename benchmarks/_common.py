@@ -385,6 +385,11 @@ class Setup:
         return self.parts.scheduler
 
     @property
+    def tokenizer(self):
+        """The encoder's tokenizer; None for a random encoder without the packaged MiniLM."""
+        return self.parts.tokenizer
+
+    @property
     def special(self) -> dict[str, int]:
         return self.parts.special
 
