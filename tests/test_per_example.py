@@ -304,6 +304,7 @@ def test_per_block_alignment(examples, tokenizer):
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gramian_on_cuda_equals_cpu(examples, tokenizer):
     model = _model({"para": "bi", "sts": "cross"})

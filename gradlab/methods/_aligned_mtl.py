@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchjd import aggregation
-
 from ._base import _check_choice
-from ._torchjd import _TorchJDWeighting
+from ._torchjd import _TorchJDWeighting, aggregation
 
 
 class AlignedMTL(_TorchJDWeighting):

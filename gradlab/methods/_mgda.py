@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchjd import aggregation
-
 from ._base import _check_number
-from ._torchjd import _TorchJDWeighting
+from ._torchjd import _TorchJDWeighting, aggregation
 
 
 class MGDA(_TorchJDWeighting):

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchjd import aggregation
 
 from ._base import (
     Method,
@@ -19,7 +18,7 @@ from ._base import (
     _on_device_of,
 )
 from ._nash_bargaining import nash_bargaining_weights, nash_residual
-from ._torchjd import _check_requirements
+from ._torchjd import _check_requirements, aggregation
 
 
 class NashMTL(Method):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchjd import aggregation
 
 from ._base import (
     Method,
@@ -16,6 +15,7 @@ from ._base import (
     _gramian64,
     _on_device_of,
 )
+from ._torchjd import aggregation
 
 
 class Random(SeededGenerator, Method):

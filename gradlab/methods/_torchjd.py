@@ -20,9 +20,18 @@ from __future__ import annotations
 
 import importlib
 
-from torchjd import aggregation
-
 from ._base import Method, MethodInput, MethodOutput, _gramian64, _on_device_of
+
+
+class _LazyAggregation:
+    """``torchjd.aggregation``, imported on first use: gradlab and its torchjd-free methods
+    (sum, mean, pcgrad ...) import where torchjd is not installed."""
+
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module("torchjd.aggregation"), name)
+
+
+aggregation = _LazyAggregation()
 
 
 class _TorchJDWeighting(Method):

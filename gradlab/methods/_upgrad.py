@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from torchjd import aggregation
-
-from ._torchjd import _TorchJDWeighting
+from ._torchjd import _TorchJDWeighting, aggregation
 
 
 class UPGrad(_TorchJDWeighting):
