@@ -122,7 +122,9 @@ def _one_axes(draw: Callable, path: Path, width) -> list[Path]:
     import matplotlib.pyplot as plt
 
     def make():
-        fig, ax = plt.subplots()
+        # the layout engine from the start: a colorbar added before a later switch to
+        # constrained layout breaks it (ZeroDivisionError in matplotlib 3.11)
+        fig, ax = plt.subplots(layout="constrained")
         draw(ax)
         return fig
 

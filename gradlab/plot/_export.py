@@ -37,8 +37,10 @@ def export(
     keep the figure's size. ``height`` in inches; None keeps the aspect ratio. Formats come
     from ``formats``, else from the suffix of ``path`` (``fig.pdf``), else PDF and PNG.
     PDFs embed TrueType (Type 42) fonts; PNGs are written at ``dpi`` (at least 300).
-    With a width the file is exactly that wide (a figure without a layout engine gets
-    constrained layout so nothing is cut); without one the bounding box is tight.
+    With a width the file is exactly that wide; a figure built with a layout engine
+    (``layout="constrained"``, as every gradlab figure is) keeps it, one without gets its
+    subplot margins fitted once (``tight_layout``; its engine is never switched after
+    drawing, which breaks colorbars). Without a width the bounding box is tight.
 
     >>> import matplotlib.pyplot as plt
     >>> fig, ax = plt.subplots()
@@ -57,9 +59,11 @@ def export(
             raise ValueError(f"height must be a positive number of inches, got {height!r}")
         fig.set_size_inches(new_w, height)
         # An exact width needs a layout that fits everything inside the figure (a tight
-        # bounding box would change the width again).
+        # bounding box would change the width again). Switching a drawn figure to
+        # constrained layout divides by zero on colorbars (matplotlib 3.11), so a figure
+        # without an engine only has its margins fitted once.
         if fig.get_layout_engine() is None:
-            fig.set_layout_engine("constrained")
+            fig.tight_layout(pad=0.3)
         bbox = "standard"
     else:
         bbox = "tight"
