@@ -421,7 +421,7 @@ def test_comparison_table_pairs_methods_with_the_baseline_by_seed(runs):
         assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 1), rel=1e-6)
         assert row["within_seed_noise"] == (row.diff_ci_low <= 0 <= row.diff_ci_high)
         rr = table[(table.method == "round_robin") & (table.task == task)].iloc[0]
-        assert rr["n_pairs"] == 1 and rr["within_seed_noise"]  # one pair: no interval
+        assert rr["n_pairs"] == 1 and pd.isna(rr["within_seed_noise"])  # one pair: no interval
         assert rr["diff"] == pytest.approx(values["round_robin", 0] - values["sum", 0])
     base = table[table.method == "sum"]
     assert (base["diff"] == 0).all() and base["within_seed_noise"].isna().all()
@@ -485,7 +485,8 @@ def test_compare_returns_figure_and_table(runs):
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "Sum" in legend and "PCGrad" in legend and "Round-robin" in legend
     titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_visible()]
-    assert titles[:3] == TASKS
+    assert titles[:3] == ["SST: Accuracy", "PARA: Accuracy", "STS: Pearson r"]  # task and metric
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
 
 
 # -- theme and export ------------------------------------------------------------------------

@@ -25,7 +25,12 @@ from gradlab.plot._axes import (
     task_weights,
     training_curves,
 )
-from gradlab.plot._data import t_interval
+from gradlab.plot._catalogue import (
+    comparison_figures,
+    run_figures,
+    write_comparison,
+    write_figures,
+)
 from gradlab.plot._export import WIDTHS, export
 from gradlab.plot._figures import (
     compare,
@@ -34,6 +39,7 @@ from gradlab.plot._figures import (
     table_to_csv,
     table_to_latex,
 )
+from gradlab.plot._fit import layout_problems
 from gradlab.plot._summaries import (
     cosine_distribution,
     final_metrics,
@@ -52,6 +58,7 @@ from gradlab.plot._theme import (
     task_label,
     theme_context,
 )
+from gradlab.significance import t_interval  # noqa: E402  (the one t interval)
 
 __all__ = [
     # axes-level
@@ -91,4 +98,10 @@ __all__ = [
     "block_label",
     "export",
     "WIDTHS",
+    "layout_problems",
+    # the catalogue the CLI writes
+    "run_figures",
+    "comparison_figures",
+    "write_figures",
+    "write_comparison",
 ]

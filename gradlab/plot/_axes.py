@@ -26,6 +26,7 @@ from matplotlib.font_manager import FontProperties
 
 from gradlab.plot import _data, _theme
 from gradlab.plot._data import get_frame
+from gradlab.significance import t_interval
 
 __all__ = [
     "training_curves",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 Errorbar = str | tuple[str, float] | Callable | None
-BAND = _data.t_interval
+BAND = t_interval
 MAX_POINTS = 500  # per curve; more logged steps are thinned (see _thin)
 PRIMARY_METRICS = {"sst": "accuracy", "para": "accuracy", "sts": "pearson", "overall": "score"}
 
@@ -448,12 +449,12 @@ def _where(block: str, source: str, smooth: int | None = None) -> str:
 
 
 def _log_y(ax: Axes) -> None:
-    """Log y axis with plain numbers ("20", "30"), not 2×10¹, also on minor ticks."""
+    """Log y axis ticked at 1-2-5 steps and labelled as plain numbers ("0.5", "20"), never
+    "6e-01"; unlabelled minor ticks (labelled ones crowd a column-wide panel)."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(mticker.LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(
-        mticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4))
-    )
+    ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def _thin(df: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
@@ -529,9 +530,9 @@ def _select_metrics(df: pd.DataFrame, metric) -> tuple[pd.DataFrame, str]:
 
 
 def _task_metric_label(task: str, metric: str) -> str:
+    """ "Overall (score)": which overall number is shown; tasks by name."""
     if task == "overall":
-        return _theme.task_label(task) + (f" ({_theme.metric_label(metric)})"
-                                          if metric != "score" else "")  # fmt: skip
+        return f"{_theme.task_label(task)} ({_theme.metric_label(metric).lower()})"
     return _theme.task_label(task)
 
 

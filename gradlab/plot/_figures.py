@@ -14,9 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.lines import Line2D
 
-from gradlab.plot import _axes, _data, _summaries, _theme
+from gradlab import significance
+from gradlab.plot import _axes, _data, _layout, _summaries, _theme
+from gradlab.plot._export import resolve_width
 
 __all__ = ["plot_conflicts", "compare", "comparison_table", "table_to_latex", "table_to_csv"]
 
@@ -33,7 +36,8 @@ def plot_conflicts(
     smooth: int | str | None = "auto",
     heatmap_pair=None,
     heatmap_method: str | None = None,
-    figsize: tuple[float, float] = PAGE,
+    width: str | float | None = None,
+    figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """One-call picture of a run's (or several runs') gradient conflict.
 
@@ -44,6 +48,8 @@ def plot_conflicts(
     to draw (None: all). ``smooth``: trailing mean over that many steps for the per-step
     curves; "auto" takes 1/40 of the logged span. ``heatmap_pair`` defaults to the first
     drawn pair; ``heatmap_method`` picks the method shown when the runs hold several.
+    ``width``: the width it is built for (a preset of `export` or inches; default an ICML
+    page): below 5 inches the panels stack in one column. ``figsize`` overrides the size.
 
     >>> fig = plot_conflicts(gradlab.load_run("runs/pcgrad-s0"))  # doctest: +SKIP
     """
@@ -60,9 +66,13 @@ def plot_conflicts(
     heatmap_pair = heatmap_pair if heatmap_pair is not None else pairs[0]
     if heatmap_method is None:
         heatmap_method = variants[0]
-    with _theme.theme_context():
-        fig, axes = plt.subplots(3, 2, figsize=figsize, layout="constrained")
-        (a_cos, a_conf), (a_gms, a_proj), (a_heat, a_norm) = axes
+    inches = resolve_width(width) if width is not None else PAGE[0]
+    cols = 2 if inches >= 5 else 1
+    if figsize is None:
+        figsize = PAGE if cols == 2 and width is None else (inches, 1.3 * 6 / cols + 1.4 + 0.4 * (cols == 2))
+    with _theme.theme_context(_theme.font_scale_for(inches)):
+        fig, axes = plt.subplots(6 // cols, cols, figsize=figsize, layout="constrained")
+        a_cos, a_conf, a_gms, a_proj, a_heat, a_norm = axes.flat
         common = {"source": source, "block": block}
         _axes.cosine_over_training(cos, pair=pairs, smooth=smooth, legend=False, ax=a_cos, **common)
         _axes.conflict_rate(run_or_runs, pair=pairs, window=window, ax=a_conf, **common)
@@ -81,11 +91,12 @@ def plot_conflicts(
             run_or_runs, pair=heatmap_pair, source=source, method=heatmap_method, ax=a_heat,
         )  # fmt: skip
         _axes.gradient_norms(run_or_runs, smooth=smooth, ax=a_norm, **common)
+        wrap = "\n" if figsize[0] / cols < 3.6 else " "  # narrow panels: two-line titles
         titles = {
             a_cos: "Cosine per task pair",
-            a_conf: f"Conflict rate ({window}-step window)",
+            a_conf: f"Conflict rate{wrap}({window}-step window)",
             a_gms: "Gradient magnitude similarity",
-            a_proj: f"PCGrad projection rate ({window}-step window)"
+            a_proj: f"PCGrad projection rate{wrap}({window}-step window)"
             if projected else "S-conflict per layer",
             a_heat: f"{_theme.pair_label(heatmap_pair)} cosine per layer"
             + (f" ({_theme.method_label(heatmap_method)})" if len(variants) > 1 else ""),
@@ -96,6 +107,8 @@ def plot_conflicts(
             ax.set_xlabel("Step" if ax in (a_heat, a_norm) else "")
         fig.suptitle(_suptitle(cos, source, block, smooth), x=0.01, ha="left",
                      fontsize="medium", linespacing=1.4)  # fmt: skip
+        # one legend under the panels: legends beside them would squeeze the data
+        _layout.legend_below(fig, [a_conf, a_proj, a_norm], title="", fontsize="small")
     return fig
 
 
@@ -107,7 +120,8 @@ def compare(
     split: str = "dev",
     at: str = "final",
     smooth: int | None = None,
-    figsize: tuple[float, float] = (6.75, 4.6),
+    width: str | float | None = None,
+    figsize: tuple[float, float] | None = None,
 ) -> tuple[Figure, pd.DataFrame]:
     """Methods side by side: each task's training curve per method, and the final dev
     metric per task and overall (mean and 95% t interval over seeds). Returns the figure
@@ -116,17 +130,24 @@ def compare(
 
     ``kind``: curves of the dev metric ("dev") or the training loss ("loss"); ``metric``:
     a metric name, a dict task -> metric or None for each task's primary metric.
+    ``width``: the width it is built for (preset or inches; default an ICML page): below
+    4 inches the panels stack in one column. ``figsize`` overrides the size.
 
     >>> fig, table = compare(gradlab.load_runs("runs/"))  # doctest: +SKIP
     """
+    runs = as_runs(runs, "compare")
     table = comparison_table(runs, metric=metric, split=split, at=at)
+    subset = _dev_subset(runs) if split == "dev" else ""
     tasks = [t for t in _data.order_tasks(table["task"].unique()) if t != "overall"]
     variants = _data.order_variants(table["method"].unique())
-    with _theme.theme_context():
-        fig = plt.figure(figsize=figsize, layout="constrained")
-        n = len(tasks) + 1
-        cols = 2 if n == 4 else min(n, 3)
-        rows = int(np.ceil(n / cols))
+    n = len(tasks) + 1
+    inches = resolve_width(width) if width is not None else 6.75
+    cols = 1 if inches < 4 else (2 if n == 4 else min(n, 3))
+    rows = int(np.ceil(n / cols))
+    if figsize is None:
+        figsize = (inches, 2.0 * rows + 0.9)
+    with _theme.theme_context(_theme.font_scale_for(inches)):
+        fig = plt.figure(figsize=figsize, layout=ConstrainedLayoutEngine(w_pad=0.06))
         axes = fig.subplots(rows, cols, squeeze=False).flat
         end_only = kind == "dev" and _evaluated_once(runs, split)
         for ax, task in zip(axes, tasks, strict=False):
@@ -143,13 +164,16 @@ def compare(
             what = _theme.metric_label(
                 _axes.PRIMARY_METRICS.get(task, "") if metric is None else _metric_of(metric, task)
             ) if kind == "dev" else "Training loss"  # fmt: skip
-            ax.set_title(_theme.task_label(task), loc="left", fontsize="medium")
+            ax.set_title(f"{_theme.task_label(task)}: {what}"
+                         + (f"\n{subset}" if subset and kind == "dev" else ""),
+                         loc="left", fontsize="medium")  # fmt: skip
             ax.set_ylabel(what)
         ax_cmp = axes[len(tasks)]
         _summaries.method_comparison(
             runs, metric=metric, split=split, at=at, legend=False, ax=ax_cmp
         )
-        ax_cmp.set_title(f"Final {split} metric", loc="left", fontsize="medium")
+        ax_cmp.set_title(f"Final {split} metric" + (f"\n{subset}" if subset else ""),
+                         loc="left", fontsize="medium")  # fmt: skip
         ax_cmp.tick_params(axis="x", labelrotation=0)
         for ax in list(axes)[n:]:
             ax.set_visible(False)
@@ -164,11 +188,35 @@ def compare(
             if seeds.min() != seeds.max()
             else f"mean and 95% CI over {seeds.min()} seeds"
         ) if seeds.max() > 1 else "one seed per method"  # fmt: skip
-        fig.legend(
-            handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
-            frameon=False, title=note, title_fontsize="small",
-        )  # fmt: skip
+        _layout.figure_legend(fig, handles, [h.get_label() for h in handles], title=note)
     return fig, table
+
+
+def as_runs(runs, what: str):
+    """A Run or Runs as given; a list of Run objects or run folders, or one folder, loaded
+    with `gradlab.load_runs`."""
+    if callable(getattr(runs, "evals", None)):
+        return runs
+    from gradlab.run import load_runs
+
+    if isinstance(runs, str | Path) or (
+        isinstance(runs, list | tuple) and runs
+        and all(isinstance(r, str | Path) or callable(getattr(r, "evals", None)) for r in runs)
+    ):  # fmt: skip
+        return load_runs(runs if isinstance(runs, str | Path) else list(runs))
+    raise TypeError(
+        f"{what} takes a Run, Runs, a list of runs or run folders, or a folder of runs "
+        f"(gradlab.load_runs), got {type(runs).__name__}"
+    )
+
+
+def _dev_subset(runs) -> str:
+    """"dev subset: first N rows per task" when the runs evaluated on a dev subset."""
+    limits = {(r.config or {}).get("dev_limit") for r in getattr(runs, "runs", [runs])}
+    limits.discard(None)
+    if not limits:
+        return ""
+    return f"dev subset: first {'/'.join(str(v) for v in sorted(limits))} rows per task"
 
 
 def _evaluated_once(runs, split: str) -> bool:
@@ -202,63 +250,93 @@ def comparison_table(
     on the baseline's rows). Runs of one method that share a seed cannot be paired: the
     test columns are then left empty, with a warning naming the runs.
     """
+    runs = as_runs(runs, "comparison_table")
+    _warn_unlike(runs, split)
     per_run = _summaries.final_metrics(runs, metric=metric, split=split, at=at)
-    rows = []
-    for (variant, task, metric_), part in per_run.groupby(["variant", "task", "metric"]):
-        values = part["value"].to_numpy(dtype=float)
-        low, high = _data.t_interval(values)
-        rows.append(
-            {
-                "method": variant,
-                "task": task,
-                "metric": metric_,
-                "n": len(values),
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan,
-                "ci_low": low,
-                "ci_high": high,
-            }
-        )
-    table = pd.DataFrame(rows)
-    method_rank = {v: k for k, v in enumerate(_data.order_variants(table["method"].unique()))}
+    # runs of one variant are seeds of one another: significance compares variants
+    results = per_run.rename(columns={"method": "base_method", "variant": "method"})
+    methods = _data.order_variants(results["method"].unique())
+    if baseline is None or len(methods) < 2:
+        table = significance.seed_summary(results, "value", ["method", "task", "metric"])
+    else:
+        table = _paired(results, baseline if baseline in methods else methods[0])
+    method_rank = {v: k for k, v in enumerate(methods)}
     task_rank = {t: k for k, t in enumerate(_data.order_tasks(table["task"].unique()))}
     table = table.sort_values(
-        ["method", "task"], key=lambda c: c.map(method_rank if c.name == "method" else task_rank)
-    )
-    table = table.reset_index(drop=True)
-    if baseline is None or table["method"].nunique() < 2:
-        return table
-    return _with_paired_tests(table, per_run, baseline)
+        ["method", "task"], key=lambda c: c.map(method_rank if c.name == "method" else task_rank),
+        kind="stable",
+    )  # fmt: skip
+    return table.reset_index(drop=True)
+
+
+#: config keys that may differ between compared runs (what a comparison is about, or
+#: bookkeeping); any other difference is warned about
+VARYING_KEYS = {"name", "runs_dir", "method", "method_args", "schedule", "seed", "progress",
+                "threads", "device", "data_dir", "synthetic", "save_checkpoints",
+                "checkpoint_every", "keep_checkpoints", "probe_every", "eval_every",
+                "counterfactual_methods", "measure_counterfactual", "log_train_gramians"}
+
+
+def _warn_unlike(runs, split: str) -> None:
+    """Warn about runs with no ``split`` evaluation (left out) and about settings, budgets
+    included, that differ between the runs (an unfair comparison)."""
+    members = getattr(runs, "runs", [runs])
+    if len(members) < 2:
+        return
+    evals = runs.evals()
+    have = set(evals.loc[evals["split"] == split, "run"]) if len(evals) else set()
+    missing = [r.name for r in members if r.name not in have]
+    if missing:
+        warnings.warn(f"runs {missing} have no {split!r} evaluation and are left out of the "
+                      "comparison", stacklevel=3)  # fmt: skip
+    configs = {r.name: (r.config or {}) for r in members}
+    keys = sorted({k for c in configs.values() for k in c} - VARYING_KEYS)
+    differ = {}
+    for key in keys:
+        values = {n: c.get(key) for n, c in configs.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            differ[key] = values
+    if "steps" in differ or "step_budget" in differ:  # equal examples per task is fine
+        seen = {r.name: _batches_per_task(r.config or {}) for r in members}
+        if len(set(seen.values())) == 1:
+            differ.pop("steps", None)
+            differ.pop("step_budget", None)
+    if differ:
+        listed = "; ".join(f"{k}: {v}" for k, v in differ.items())
+        warnings.warn(f"the compared runs differ in settings other than the method: {listed}",
+                      stacklevel=3)  # fmt: skip
+
+
+def _batches_per_task(config: dict):
+    steps, budget = config.get("steps"), config.get("step_budget", "optimizer")
+    tasks = len(config.get("tasks") or []) or 1
+    one_task = config.get("schedule") not in (None, "", "joint")
+    if budget == "per_task" or not one_task:
+        return steps
+    return steps / tasks if steps is not None else None
 
 
 PAIRED_COLUMNS = ["baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_holm",
                   "n_pairs", "within_seed_noise"]
 
 
-def _with_paired_tests(table: pd.DataFrame, per_run: pd.DataFrame, baseline: str
-                       ) -> pd.DataFrame:
-    """``table`` plus the PAIRED_COLUMNS of each method against ``baseline``."""
-    from gradlab.significance import compare_methods
-
-    methods = list(table["method"].unique())
-    base = baseline if baseline in methods else methods[0]
-    long = per_run.rename(columns={"method": "base_method", "variant": "method"})
-    clash = long[long.duplicated(["method", "seed", "task", "metric"], keep=False)]
+def _paired(results: pd.DataFrame, base: str) -> pd.DataFrame:
+    """`significance.compare_methods` of every variant against ``base``, with a baseline
+    column; empty test columns (and a warning) when runs of one variant share a seed."""
+    clash = results[results.duplicated(["method", "seed", "task", "metric"], keep=False)]
     if len(clash):
         names = sorted(clash["run"].unique())
         warnings.warn(
             f"runs {names} share a method and a seed, so the comparison cannot pair them by "
             "seed; the paired-test columns are empty (compare one setting at a time, or give "
-            "the runs different methods)", stacklevel=3,
+            "the runs different methods)", stacklevel=4,
         )  # fmt: skip
-        out = table.copy()
+        out = significance.seed_summary(results, "value", ["method", "task", "metric"])
         out["baseline"] = base
         for column in PAIRED_COLUMNS[1:]:
             out[column] = pd.NA if column == "within_seed_noise" else np.nan
         return out
-    tests = compare_methods(long[["method", "seed", "task", "metric", "value"]], base)
-    tests = tests[["method", "task", "metric", *PAIRED_COLUMNS[1:]]]
-    out = table.merge(tests, on=["method", "task", "metric"], how="left", validate="1:1")
+    out = significance.compare_methods(results[significance.RESULT_COLUMNS], base)
     out.insert(out.columns.get_loc("diff"), "baseline", base)
     return out
 

@@ -27,7 +27,8 @@ from gradlab.plot._axes import (
     _title,
     _where,
 )
-from gradlab.plot._data import get_frame, t_interval
+from gradlab.plot._data import get_frame
+from gradlab.significance import t_interval
 
 __all__ = ["s_conflict_bars", "cosine_distribution", "method_comparison", "seed_points",
            "final_metrics"]
