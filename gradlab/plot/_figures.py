@@ -69,7 +69,8 @@ def plot_conflicts(
     inches = resolve_width(width) if width is not None else PAGE[0]
     cols = 2 if inches >= 5 else 1
     if figsize is None:
-        figsize = PAGE if cols == 2 and width is None else (inches, 1.3 * 6 / cols + 1.4 + 0.4 * (cols == 2))
+        panel = 1.3 if cols == 1 else 1.7  # inches per row of panels
+        figsize = PAGE if cols == 2 and width is None else (inches, panel * 6 / cols + 1.4)
     with _theme.theme_context(_theme.font_scale_for(inches)):
         fig, axes = plt.subplots(6 // cols, cols, figsize=figsize, layout="constrained")
         a_cos, a_conf, a_gms, a_proj, a_heat, a_norm = axes.flat
