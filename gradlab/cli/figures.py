@@ -36,14 +36,16 @@ def write_run_figures(run, out: Path, width: str | float = "icml-column") -> lis
     return plot.write_figures(plot.run_figures(run), out, width=width)
 
 
-def write_demo_figures(run_dirs: Sequence[Path], out: Path,
+def write_demo_figures(run_dirs: Sequence[Path] | Path, out: Path,
                        width: str | float = "icml-page") -> list[Path]:
-    """The figures comparing the runs (`gradlab.plot.comparison_figures`) and their table."""
+    """The figures comparing the runs (`gradlab.plot.comparison_figures`) and their table;
+    ``run_dirs``: run folders, or one folder of runs."""
     from gradlab import plot
     from gradlab.run import load_runs
 
     plot.set_theme()
-    return plot.write_comparison(load_runs(list(run_dirs)), out, width=width)
+    runs = load_runs(run_dirs if isinstance(run_dirs, str | Path) else list(run_dirs))
+    return plot.write_comparison(runs, out, width=width)
 
 
 def _width(text: str) -> str | float:

@@ -18,7 +18,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.lines import Line2D
 
 from gradlab import significance
-from gradlab.plot import _axes, _data, _layout, _summaries, _theme
+from gradlab.plot import _axes, _data, _draw, _layout, _summaries, _theme
 from gradlab.plot._export import resolve_width
 
 __all__ = ["plot_conflicts", "compare", "comparison_table", "table_to_latex", "table_to_csv"]
@@ -163,7 +163,7 @@ def compare(
                 legend=False, ax=ax,
             )  # fmt: skip
             what = _theme.metric_label(
-                _axes.PRIMARY_METRICS.get(task, "") if metric is None else _metric_of(metric, task)
+                _draw.PRIMARY_METRICS.get(task, "") if metric is None else _metric_of(metric, task)
             ) if kind == "dev" else "Training loss"  # fmt: skip
             ax.set_title(f"{_theme.task_label(task)}: {what}"
                          + (f"\n{subset}" if subset and kind == "dev" else ""),
@@ -438,7 +438,7 @@ def _latex_escape(text: str) -> str:
 
 def _metric_of(metric, task: str) -> str:
     if isinstance(metric, dict):
-        return metric.get(task, _axes.PRIMARY_METRICS.get(task, ""))
+        return metric.get(task, _draw.PRIMARY_METRICS.get(task, ""))
     return metric
 
 
