@@ -251,6 +251,10 @@ def _pair_lines(ax: Axes, df: pd.DataFrame, *, errorbar, legend, ordered: bool =
         errorbar=errorbar if _has_seeds(df) else None, seed=0, ax=ax, legend=bool(legend),
         marker="o" if sparse else None,
     )  # fmt: skip
+    if ordered:  # dashed b→a lines over solid a→b ones: equal rates would hide them
+        for line in ax.get_lines():
+            if line.get_linestyle() not in ("-", "None"):
+                line.set_zorder(line.get_zorder() + 0.5)
     _legend(ax, legend)
 
 
