@@ -67,3 +67,26 @@ def test_figures_command_on_a_tiny_real_run(tmp_path, tiny_overrides, capsys):
                 "layer_heatmap_sst-para", "layer_heatmap_sst-sts", "layer_heatmap_para-sts"}
     assert expected <= pngs, sorted(expected - pngs)
     assert {p.stem for p in out.glob("*.pdf")} == pngs
+
+
+@pytest.mark.slow
+def test_demo_again_refuses_then_resumes_or_starts_over(tmp_path, tiny_overrides, capsys):
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in tiny_overrides.items()
+                                      if k != "runs_dir"}))
+    runs_dir = tmp_path / "demo-runs"
+    common = ["demo", "--config", str(config), "--runs-dir", str(runs_dir), "--no-figures"]
+    assert main(common) == 0
+    first = pd.read_csv(runs_dir / "results.csv")
+    capsys.readouterr()
+    assert main(common) == 2  # refused, naming both ways on
+    assert "--resume" in capsys.readouterr().err
+    (runs_dir / "pcgrad" / "metrics.json").unlink()  # as if killed before the end
+    assert main([*common, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "sum: finished before, kept" in printed and "pcgrad: finished" not in printed
+    again = pd.read_csv(runs_dir / "results.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="wall time (s)"),
+                                  first.drop(columns="wall time (s)"))
+    assert main([*common, "--force"]) == 0
+    assert "finished before" not in capsys.readouterr().out
