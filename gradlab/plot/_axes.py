@@ -44,6 +44,9 @@ from gradlab.plot._draw import (
     _where,
 )
 
+#: metrics that live in [0, 1]: their axes stop there, whatever a seed band says
+UNIT_METRICS = {"accuracy", "f1", "macro_f1", "score", "mean"}
+
 __all__ = [
     "training_curves",
     "cosine_over_training",
@@ -103,6 +106,9 @@ def training_curves(
     df, xlabel = _x_axis(data, df, x)
     ax = _ax(ax)
     _task_lines(ax, df, errorbar=errorbar, legend=legend, labels=labels)
+    if kind == "dev" and set(df["metric"]) <= UNIT_METRICS:  # a t band may pass 0 or 1
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -0.01), min(high, 1.01))
     what = f"{split} set" if kind == "dev" else "training loss"
     ax.set(xlabel=xlabel, ylabel=ylabel)
     _title(ax, what + (f" · {smooth}-step mean" if smooth and smooth > 1 else ""), df)

@@ -98,14 +98,15 @@ def plot_conflicts(
             a_conf: f"Conflict rate{wrap}({window}-step window)",
             a_gms: "Gradient magnitude similarity",
             a_proj: f"PCGrad projection rate{wrap}({window}-step window)"
-            if projected else "S-conflict per layer",
+            if projected else f"S-conflict per layer{wrap}(share of steps with cos < 0)",
             a_heat: f"{_theme.pair_label(heatmap_pair)} cosine per layer"
             + (f" ({_theme.method_label(heatmap_method)})" if len(variants) > 1 else ""),
             a_norm: "Task gradient norms",
         }  # fmt: skip
         for ax, title in titles.items():
             ax.set_title(title, loc="left", fontsize="medium")
-            ax.set_xlabel("Step" if ax in (a_heat, a_norm) else "")
+            if ax is not a_proj or projected:  # the S-conflict bars keep their own x label
+                ax.set_xlabel("Step" if ax in (a_heat, a_norm) else "")
         fig.suptitle(_suptitle(cos, source, block, smooth), x=0.01, ha="left",
                      fontsize="medium", linespacing=1.4)  # fmt: skip
         # one legend under the panels: legends beside them would squeeze the data
@@ -188,7 +189,7 @@ def compare(
             f"mean and 95% CI over {seeds.min()}–{seeds.max()} seeds"
             if seeds.min() != seeds.max()
             else f"mean and 95% CI over {seeds.min()} seeds"
-        ) if seeds.max() > 1 else "one seed per method"  # fmt: skip
+        ) if seeds.max() > 1 else "one seed per method: a dot is one run, no interval"  # fmt: skip
         _layout.figure_legend(fig, handles, [h.get_label() for h in handles], title=note)
     return fig, table
 
