@@ -166,16 +166,13 @@ def compare(
             what = _theme.metric_label(
                 _draw.PRIMARY_METRICS.get(task, "") if metric is None else _metric_of(metric, task)
             ) if kind == "dev" else "Training loss"  # fmt: skip
-            ax.set_title(f"{_theme.task_label(task)}: {what}"
-                         + (f"\n{subset}" if subset and kind == "dev" else ""),
-                         loc="left", fontsize="medium")  # fmt: skip
+            ax.set_title(f"{_theme.task_label(task)}: {what}", loc="left", fontsize="medium")
             ax.set_ylabel(what)
         ax_cmp = axes[len(tasks)]
         _summaries.method_comparison(
             runs, metric=metric, split=split, at=at, legend=False, ax=ax_cmp
         )
-        ax_cmp.set_title(f"Final {split} metric" + (f"\n{subset}" if subset else ""),
-                         loc="left", fontsize="medium")  # fmt: skip
+        ax_cmp.set_title(f"Final {split} metric", loc="left", fontsize="medium")
         ax_cmp.tick_params(axis="x", labelrotation=0)
         for ax in list(axes)[n:]:
             ax.set_visible(False)
@@ -190,6 +187,8 @@ def compare(
             if seeds.min() != seeds.max()
             else f"mean and 95% CI over {seeds.min()} seeds"
         ) if seeds.max() > 1 else "one seed per method: a dot is one run, no interval"  # fmt: skip
+        if subset:  # said once, for every panel
+            note += f"\n{subset}"
         _layout.figure_legend(fig, handles, [h.get_label() for h in handles], title=note)
     return fig, table
 
@@ -218,7 +217,7 @@ def _dev_subset(runs) -> str:
     limits.discard(None)
     if not limits:
         return ""
-    return f"dev subset: first {'/'.join(str(v) for v in sorted(limits))} rows per task"
+    return f"dev metrics on the first {'/'.join(str(v) for v in sorted(limits))} rows per task"
 
 
 def _evaluated_once(runs, split: str) -> bool:
