@@ -552,3 +552,43 @@ def test_export_refuses_bad_arguments(tmp_path):
         plot.export(fig, tmp_path / "f", formats=("jpg",))
     with pytest.raises(ValueError, match="width must be"):
         plot.export(fig, tmp_path / "f.pdf", width=-1)
+
+
+def test_arrow_legend_survives_a_plain_save_and_labels_avoid_other_arrows(run, tmp_path):
+    with matplotlib.rc_context({"savefig.bbox": None}):  # no tight box, no layout engine
+        fig, ax = plt.subplots()
+        plot.gradient_arrows(run, source="probe", ax=ax)
+        fig.savefig(tmp_path / "plain.png")
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    assert legend is not None and "outside the plane" in legend.get_title().get_text()
+    inside = ax.get_window_extent(renderer)
+    box = legend.get_window_extent(renderer)
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0
+    assert "principal plane" in ax.get_title(loc="left")  # the default plane, named
+    tips = {k.split(":", 1)[1]: np.array(v) for k, v in _arrow_tips(ax).items()}
+    to_data = ax.transData.inverted()
+    for label in [t for t in ax.texts if str(t.get_gid()).startswith("gradlab-label:")]:
+        (x0, y0), (x1, y1) = to_data.transform(label.get_window_extent(renderer))
+        name = label.get_gid().split(":", 1)[1]
+        for other, tip in tips.items():  # no other arrow's shaft passes through the label
+            if other == name:
+                continue
+            shaft = np.linspace(0, 1, 200)[:, None] * tip
+            hits = ((shaft[:, 0] > x0) & (shaft[:, 0] < x1) & (shaft[:, 1] > y0)
+                    & (shaft[:, 1] < y1))  # fmt: skip
+            assert not hits.any(), (name, other)
+
+
+def test_replay_gives_registry_weights_and_refuses_blockwise_methods():
+    import doctest
+
+    from gradlab import replay
+
+    assert doctest.testmod(replay).failed == 0
+    G = np.array([[1.0, -0.5], [-0.5, 2.0]])
+    np.testing.assert_allclose(replay.method_weights("mean", G), [0.5, 0.5])
+    with pytest.raises(ValueError, match="unknown method"):
+        replay.method_weights("nope", G)
+    with pytest.raises(ValueError, match="separately"):
+        replay.method_weights("pcgrad_layerwise", G)
