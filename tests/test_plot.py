@@ -475,7 +475,8 @@ def test_plot_conflicts_several_runs_and_sum_run(runs, run_dirs):
     assert "probe" in fig._suptitle.get_text()
     fig = plot.plot_conflicts(load_run(run_dirs["sum-s0"]))
     s_panel = [ax for ax in fig.axes if ax.get_title(loc="left").startswith("S-conflict")]
-    assert len(s_panel) == 1 and "cos < 0" in s_panel[0].get_xlabel()  # states S
+    assert len(s_panel) == 1 and "S = 0" in s_panel[0].get_title(loc="left")  # states S
+    assert s_panel[0].get_xlabel() == "Share of steps"
     with pytest.raises(TypeError, match="Run or Runs"):
         plot.plot_conflicts(load_run(run_dirs["sum-s0"]).cosines())
 

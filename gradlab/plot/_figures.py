@@ -98,15 +98,17 @@ def plot_conflicts(
             a_conf: f"Conflict rate{wrap}({window}-step window)",
             a_gms: "Gradient magnitude similarity",
             a_proj: f"PCGrad projection rate{wrap}({window}-step window)"
-            if projected else f"S-conflict per layer{wrap}(share of steps with cos < 0)",
+            if projected else f"S-conflict per layer{wrap}(S = 0)",
             a_heat: f"{_theme.pair_label(heatmap_pair)} cosine per layer"
             + (f" ({_theme.method_label(heatmap_method)})" if len(variants) > 1 else ""),
             a_norm: "Task gradient norms",
         }  # fmt: skip
         for ax, title in titles.items():
             ax.set_title(title, loc="left", fontsize="medium")
-            if ax is not a_proj or projected:  # the S-conflict bars keep their own x label
+            if ax is not a_proj or projected:
                 ax.set_xlabel("Step" if ax in (a_heat, a_norm) else "")
+            else:  # S-conflict bars: S is in the title; a short label fits a narrow panel
+                ax.set_xlabel("Share of steps")
         fig.suptitle(_suptitle(cos, source, block, smooth), x=0.01, ha="left",
                      fontsize="medium", linespacing=1.4)  # fmt: skip
         # one legend under the panels: legends beside them would squeeze the data
