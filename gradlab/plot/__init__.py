@@ -32,13 +32,7 @@ from gradlab.plot._catalogue import (
     write_figures,
 )
 from gradlab.plot._export import WIDTHS, export
-from gradlab.plot._figures import (
-    compare,
-    comparison_table,
-    plot_conflicts,
-    table_to_csv,
-    table_to_latex,
-)
+from gradlab.plot._figures import compare, plot_conflicts
 from gradlab.plot._fit import layout_problems
 from gradlab.plot._summaries import (
     cosine_distribution,
@@ -47,6 +41,7 @@ from gradlab.plot._summaries import (
     s_conflict_bars,
     seed_points,
 )
+from gradlab.plot._tables import comparison_table, table_to_csv, table_to_latex
 from gradlab.plot._theme import (
     block_label,
     method_color,
@@ -58,7 +53,7 @@ from gradlab.plot._theme import (
     task_label,
     theme_context,
 )
-from gradlab.significance import t_interval  # noqa: E402  (the one t interval)
+from gradlab.significance import t_interval  # the one t interval, re-exported
 
 __all__ = [
     # axes-level

@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 from gradlab.plot import _axes, _data, _summaries, _theme
 from gradlab.plot._arrows import gradient_arrows
 from gradlab.plot._export import export, resolve_width
-from gradlab.plot._figures import compare, plot_conflicts, table_to_csv, table_to_latex
+from gradlab.plot._figures import compare, plot_conflicts
 from gradlab.plot._layout import axes_figure, legend_below
+from gradlab.plot._tables import comparison_table, table_to_csv, table_to_latex
 
 __all__ = ["run_figures", "comparison_figures", "write_figures", "write_comparison",
            "RUN_FIGURES"]
@@ -110,8 +111,6 @@ def write_figures(
 
 def write_comparison(runs, out: str | Path, width: str | float = "icml-page") -> list[Path]:
     """`comparison_figures` plus the comparison table as CSV and LaTeX."""
-    from gradlab.plot._figures import comparison_table
-
     out = Path(out)
     written = write_figures(comparison_figures(runs), out, width)
     table = comparison_table(runs)
