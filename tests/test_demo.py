@@ -22,8 +22,8 @@ def _restore_threads():
 def test_demo_trains_three_runs_on_the_same_batches_and_writes_figures(tmp_path, tiny_overrides,
                                                                       capsys):
     config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump({k: v for k, v in tiny_overrides.items()
-                                      if k != "runs_dir"}))
+    values = {k: v for k, v in tiny_overrides.items() if k != "runs_dir"}
+    config.write_text(yaml.safe_dump({**values, "eval_every": 2}))
     runs_dir, out = tmp_path / "demo-runs", tmp_path / "figures"
     assert main(["demo", "--config", str(config), "--runs-dir", str(runs_dir),
                  "--out", str(out)]) == 0
@@ -40,3 +40,53 @@ def test_demo_trains_three_runs_on_the_same_batches_and_writes_figures(tmp_path,
     assert table["score"].between(0, 1).all()
     assert (out / "compare.png").is_file() and (out / "compare.pdf").is_file()
     assert "pcgrad" in pd.read_csv(out / "compare.csv")["method"].tolist()
+    assert "full dev sets at the end" in printed
+    for name in ("sum", "round_robin", "pcgrad"):  # dev curves: evaluated during training
+        evals = gradlab.load_run(runs_dir / name).evals()
+        assert evals.groupby("task")["step"].nunique().min() == steps // 2
+    pngs = {p.stem for p in out.glob("*.png")}
+    expected = {"compare", "training_curves", "training_loss", *(
+        f"{kind}_{p}" for kind in ("cosine_probe", "conflict_rate_probe", "cosine_distribution")
+        for p in ("sst-para", "sst-sts", "para-sts")), *(
+        f"{kind}_{n}" for kind in ("conflicts", "gradient_arrows")
+        for n in ("sum", "round_robin", "pcgrad"))}  # fmt: skip
+    assert expected <= pngs, sorted(expected - pngs)
+    assert {p.stem for p in out.glob("*.pdf")} == pngs
+
+
+@pytest.mark.slow
+def test_figures_command_on_a_tiny_real_run(tmp_path, tiny_overrides, capsys):
+    handle = gradlab.train(None, name="pcgrad", method="pcgrad", **tiny_overrides)
+    out = tmp_path / "figures"
+    assert main(["figures", str(handle.path), "--out", str(out), "--width", "acl-column"]) == 0
+    pngs = {p.stem for p in out.glob("*.png")}
+    expected = {"conflicts", "training_curves", "training_loss", "cosine_train", "cosine_probe",
+                "conflict_rate", "projection_rate", "task_weights", "s_conflict",
+                "cosine_distribution", "gradient_norms", "magnitude_similarity",
+                "condition_number", "gradient_arrows", "gradient_arrows_pair",
+                "layer_heatmap_sst-para", "layer_heatmap_sst-sts", "layer_heatmap_para-sts"}
+    assert expected <= pngs, sorted(expected - pngs)
+    assert {p.stem for p in out.glob("*.pdf")} == pngs
+
+
+@pytest.mark.slow
+def test_demo_again_refuses_then_resumes_or_starts_over(tmp_path, tiny_overrides, capsys):
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in tiny_overrides.items()
+                                      if k != "runs_dir"}))
+    runs_dir = tmp_path / "demo-runs"
+    common = ["demo", "--config", str(config), "--runs-dir", str(runs_dir), "--no-figures"]
+    assert main(common) == 0
+    first = pd.read_csv(runs_dir / "results.csv")
+    capsys.readouterr()
+    assert main(common) == 2  # refused, naming both ways on
+    assert "--resume" in capsys.readouterr().err
+    (runs_dir / "pcgrad" / "metrics.json").unlink()  # as if killed before the end
+    assert main([*common, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "sum: finished before, kept" in printed and "pcgrad: finished" not in printed
+    again = pd.read_csv(runs_dir / "results.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="wall time (s)"),
+                                  first.drop(columns="wall time (s)"))
+    assert main([*common, "--force"]) == 0
+    assert "finished before" not in capsys.readouterr().out

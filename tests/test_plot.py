@@ -421,7 +421,7 @@ def test_comparison_table_pairs_methods_with_the_baseline_by_seed(runs):
         assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 1), rel=1e-6)
         assert row["within_seed_noise"] == (row.diff_ci_low <= 0 <= row.diff_ci_high)
         rr = table[(table.method == "round_robin") & (table.task == task)].iloc[0]
-        assert rr["n_pairs"] == 1 and rr["within_seed_noise"]  # one pair: no interval
+        assert rr["n_pairs"] == 1 and pd.isna(rr["within_seed_noise"])  # one pair: no interval
         assert rr["diff"] == pytest.approx(values["round_robin", 0] - values["sum", 0])
     base = table[table.method == "sum"]
     assert (base["diff"] == 0).all() and base["within_seed_noise"].isna().all()
@@ -474,7 +474,9 @@ def test_plot_conflicts_several_runs_and_sum_run(runs, run_dirs):
     assert "5 runs" in fig._suptitle.get_text()
     assert "probe" in fig._suptitle.get_text()
     fig = plot.plot_conflicts(load_run(run_dirs["sum-s0"]))
-    assert any(ax.get_title(loc="left") == "S-conflict per layer" for ax in fig.axes)
+    s_panel = [ax for ax in fig.axes if ax.get_title(loc="left").startswith("S-conflict")]
+    assert len(s_panel) == 1 and "S = 0" in s_panel[0].get_title(loc="left")  # states S
+    assert s_panel[0].get_xlabel() == "Share of steps"
     with pytest.raises(TypeError, match="Run or Runs"):
         plot.plot_conflicts(load_run(run_dirs["sum-s0"]).cosines())
 
@@ -485,7 +487,8 @@ def test_compare_returns_figure_and_table(runs):
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "Sum" in legend and "PCGrad" in legend and "Round-robin" in legend
     titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_visible()]
-    assert titles[:3] == TASKS
+    assert titles[:3] == ["SST: Accuracy", "PARA: Accuracy", "STS: Pearson r"]  # task and metric
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
 
 
 # -- theme and export ------------------------------------------------------------------------
@@ -550,3 +553,43 @@ def test_export_refuses_bad_arguments(tmp_path):
         plot.export(fig, tmp_path / "f", formats=("jpg",))
     with pytest.raises(ValueError, match="width must be"):
         plot.export(fig, tmp_path / "f.pdf", width=-1)
+
+
+def test_arrow_legend_survives_a_plain_save_and_labels_avoid_other_arrows(run, tmp_path):
+    with matplotlib.rc_context({"savefig.bbox": None}):  # no tight box, no layout engine
+        fig, ax = plt.subplots()
+        plot.gradient_arrows(run, source="probe", ax=ax)
+        fig.savefig(tmp_path / "plain.png")
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    assert legend is not None and "outside the plane" in legend.get_title().get_text()
+    inside = ax.get_window_extent(renderer)
+    box = legend.get_window_extent(renderer)
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0
+    assert "principal plane" in ax.get_title(loc="left")  # the default plane, named
+    tips = {k.split(":", 1)[1]: np.array(v) for k, v in _arrow_tips(ax).items()}
+    to_data = ax.transData.inverted()
+    for label in [t for t in ax.texts if str(t.get_gid()).startswith("gradlab-label:")]:
+        (x0, y0), (x1, y1) = to_data.transform(label.get_window_extent(renderer))
+        name = label.get_gid().split(":", 1)[1]
+        for other, tip in tips.items():  # no other arrow's shaft passes through the label
+            if other == name:
+                continue
+            shaft = np.linspace(0, 1, 200)[:, None] * tip
+            hits = ((shaft[:, 0] > x0) & (shaft[:, 0] < x1) & (shaft[:, 1] > y0)
+                    & (shaft[:, 1] < y1))  # fmt: skip
+            assert not hits.any(), (name, other)
+
+
+def test_replay_gives_registry_weights_and_refuses_blockwise_methods():
+    import doctest
+
+    from gradlab import replay
+
+    assert doctest.testmod(replay).failed == 0
+    G = np.array([[1.0, -0.5], [-0.5, 2.0]])
+    np.testing.assert_allclose(replay.method_weights("mean", G), [0.5, 0.5])
+    with pytest.raises(ValueError, match="unknown method"):
+        replay.method_weights("nope", G)
+    with pytest.raises(ValueError, match="separately"):
+        replay.method_weights("pcgrad_layerwise", G)

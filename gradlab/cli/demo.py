@@ -3,12 +3,18 @@
 Same seed, data, batch size and per-task examples for all three: the demo counts ``steps``
 per task (``step_budget=per_task``), so round-robin takes T times as many optimizer steps,
 one task each, and every task sees the same batches as in the joint runs.
-Prints a table of dev metrics and wall time, and writes figures to figures/demo/.
+
+During training each run is evaluated every ``eval_every`` batches per task on a fixed dev
+subset (the config's ``dev_limit`` first rows of each dev file: the training curves); at the
+end its last checkpoint is evaluated on the full dev sets. Prints a table of full-dev metrics
+and wall time, and writes figures to figures/demo/.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--out", type=Path, default=Path("figures/demo"), help="figure folder")
     p.add_argument("--no-figures", action="store_true")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="keep the runs that finished, continue or redo the others")
+    again.add_argument("--force", action="store_true",
+                       help="delete the demo's runs under --runs-dir and train them anew")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config changes applied to all three runs (e.g. steps=50)")
     p.set_defaults(func=run)
@@ -33,18 +44,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from gradlab import train
     from gradlab.config import load_config
-    from gradlab.training import train
 
     base = load_config(args.config if args.config.is_file() else None, args.overrides)
     t0 = time.perf_counter()
-    handles = []
+    handles, full_dev = [], []
+    existing = [n for n, _, _ in DEMO_RUNS if (args.runs_dir / n).exists()]
+    if existing and not (args.resume or args.force):
+        raise ValueError(f"runs {existing} exist in {args.runs_dir}; keep the finished ones "
+                         "and redo the rest with `gradlab demo --resume`, or start over with "
+                         "`gradlab demo --force`")  # fmt: skip
     for name, method, schedule in DEMO_RUNS:
-        handles.append(train(base, name=name, runs_dir=str(args.runs_dir), method=method,
-                             schedule=schedule, step_budget="per_task"))
+        folder = args.runs_dir / name
+        if args.force and folder.exists():
+            shutil.rmtree(folder)
+        # eval_every counts batches per task, as `steps` does: a one-task schedule takes
+        # T optimizer steps per batch of each task
+        every = base.eval_every * (len(base.tasks) if schedule != "joint" else 1)
+        settings = {"method": method, "schedule": schedule, "step_budget": "per_task",
+                    "eval_every": every}
+        handle = _finished(folder, base, settings) if args.resume else None
+        if handle is None:
+            if folder.exists():  # unfinished: its checkpoints are not the demo's to trust
+                shutil.rmtree(folder)
+            handle = train(base, name=name, runs_dir=str(args.runs_dir), **settings)
+        else:
+            print(f"{name}: finished before, kept")
+        handles.append(handle)
+        full_dev.append(_full_dev_metrics(handle, base.dev_limit))
     rows = []
-    for handle in handles:
-        m = handle.metrics
+    for handle, (m, eval_time) in zip(handles, full_dev, strict=True):
         rows.append({
             "method": handle.name,
             "steps": handle.config.optimizer_steps,
@@ -53,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
             "STS r": m.get("sts", {}).get("pearson"),
             "mean": m.get("overall", {}).get("mean"),
             "score": m.get("overall", {}).get("score"),
-            "wall time (s)": round(handle.wall_time, 1),
+            "wall time (s)": round(handle.wall_time + eval_time, 1),
         })
     table = pd.DataFrame(rows)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.runs_dir / "results.csv", index=False)
     print()
+    subset = f"the first {base.dev_limit} rows of each dev file" if base.dev_limit else "full dev"
+    print(f"full dev sets at the end (curves during training: {subset})")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     if not args.no_figures:
         from gradlab.cli.figures import write_demo_figures
@@ -67,3 +99,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nwrote {len(written)} figure files to {args.out}/")
     print(f"total demo time: {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _full_dev_metrics(handle, dev_limit) -> tuple[dict, float]:
+    """(metrics on the full dev sets, seconds) of the run's last checkpoint; the run's own
+    final evaluation when it was on the full dev sets already or kept no checkpoint."""
+    from gradlab.inference import evaluate_checkpoint
+
+    last = handle.path / "checkpoints" / "last"
+    if dev_limit is None or not last.is_dir():
+        return handle.metrics, 0.0
+    t0 = time.perf_counter()
+    metrics = evaluate_checkpoint(last, ["dev_limit=null", "progress=false"])
+    return metrics, time.perf_counter() - t0
+
+
+def _finished(folder: Path, base, settings: dict):
+    """The handle of a finished demo run in ``folder`` trained with this config, else None."""
+    from gradlab import RunHandle
+    from gradlab.config import load_config, to_dict
+    from gradlab.run import load_run
+
+    result = folder / "metrics.json"
+    if not result.is_file() or load_run(folder).status != "finished":
+        return None
+    config = load_config(None, {**to_dict(base), **settings, "name": folder.name,
+                                "runs_dir": str(folder.parent)})
+    ran = load_run(folder).config
+    keys = [k for k in ("steps", "seed", "method", "schedule", "batch_size", "lr", "encoder",
+                        "train_limit", "dev_limit", "eval_every", "probe_every")
+            if ran.get(k) != to_dict(config).get(k)]
+    if keys:
+        return None  # trained with other settings: redo it
+    saved = json.loads(result.read_text())
+    return RunHandle(folder, config, saved.get("metrics", {}), saved.get("wall_time", 0.0))

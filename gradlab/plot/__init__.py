@@ -25,15 +25,15 @@ from gradlab.plot._axes import (
     task_weights,
     training_curves,
 )
-from gradlab.plot._data import t_interval
-from gradlab.plot._export import WIDTHS, export
-from gradlab.plot._figures import (
-    compare,
-    comparison_table,
-    plot_conflicts,
-    table_to_csv,
-    table_to_latex,
+from gradlab.plot._catalogue import (
+    comparison_figures,
+    run_figures,
+    write_comparison,
+    write_figures,
 )
+from gradlab.plot._export import WIDTHS, export
+from gradlab.plot._figures import compare, plot_conflicts
+from gradlab.plot._fit import layout_problems
 from gradlab.plot._summaries import (
     cosine_distribution,
     final_metrics,
@@ -41,6 +41,7 @@ from gradlab.plot._summaries import (
     s_conflict_bars,
     seed_points,
 )
+from gradlab.plot._tables import comparison_table, table_to_csv, table_to_latex
 from gradlab.plot._theme import (
     block_label,
     method_color,
@@ -52,6 +53,7 @@ from gradlab.plot._theme import (
     task_label,
     theme_context,
 )
+from gradlab.significance import t_interval  # the one t interval, re-exported
 
 __all__ = [
     # axes-level
@@ -91,4 +93,10 @@ __all__ = [
     "block_label",
     "export",
     "WIDTHS",
+    "layout_problems",
+    # the catalogue the CLI writes
+    "run_figures",
+    "comparison_figures",
+    "write_figures",
+    "write_comparison",
 ]

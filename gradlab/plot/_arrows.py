@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
-from matplotlib.transforms import offset_copy
 
-from gradlab.plot import _data, _theme
+from gradlab import replay
+from gradlab.plot import _theme
+from gradlab.significance import variant
 
 __all__ = ["gradient_arrows", "arrow_coordinates"]
 
@@ -31,7 +32,7 @@ def gradient_arrows(
     block: str = "encoder",
     methods: Sequence[str] = ("sum", "pcgrad"),
     logged: bool = True,
-    basis: str = "pair",
+    basis: str | None = None,
     pair=None,
     run: str | None = None,
     tasks: Sequence[str] | None = None,
@@ -42,23 +43,32 @@ def gradient_arrows(
 
     ``data``: a Run, Runs (with ``run=`` naming one when there are several) or a Gramian
     [T, T] (then ``tasks`` names its rows). ``methods``: registry names replayed on the
-    stored Gramian with ``gradlab.methods.get_method``; ``logged`` adds the update the run's
+    stored Gramian (`gradlab.replay.method_weights`); ``logged`` adds the update the run's
     own method applied (train source only; it replaces the replay of the same method, whose
-    random choices, e.g. PCGrad's task order, may differ). ``basis``: "pair" (x along g_i,
-    y the part of g_j orthogonal to it; ``pair`` "a-b", default the first two tasks) or
-    "pca" (the top two principal directions of the task gradients). Each legend entry
-    states the share of that vector's length outside the drawn plane (``legend``: "below",
-    "outside" = right, "inside" or False). Coordinates: `arrow_coordinates`.
+    random choices, e.g. PCGrad's task order, may differ). ``basis``: "pca" (the top two
+    principal directions of the task gradients, the plane that holds the most of them and
+    so of any update; the default) or "pair" (x along g_i, y the part of g_j orthogonal to
+    it; ``pair`` "a-b", default the first two tasks; the default when ``pair`` is given).
+    The title names the plane. Each legend
+    entry states the share of that vector's length outside the drawn plane. ``legend``:
+    "below" (inside the Axes, in a band kept free under the arrows, so any save keeps it),
+    "outside" (right of the Axes; needs a layout engine or a tight bounding box to be
+    saved), "inside" (matplotlib's best spot) or False. Coordinates: `arrow_coordinates`.
 
     >>> ax = gradient_arrows(run, step=40, methods=("sum", "pcgrad", "mgda"))  # doctest: +SKIP
     """
+    if legend not in ("below", "outside", "inside", True, False, None):
+        raise ValueError(f"legend must be 'below', 'outside', 'inside' or False, got {legend!r}")
     coords = arrow_coordinates(
         data, step=step, source=source, block=block, methods=methods, logged=logged,
         basis=basis, pair=pair, run=run, tasks=tasks,
     )  # fmt: skip
     ax = plt.gca() if ax is None else ax
-    handles = []
-    for row in coords.itertuples():
+    handles, labels = [], []
+    tips = coords[["x", "y"]].to_numpy(dtype=float)
+    span = max(float(np.ptp(np.r_[0.0, tips[:, 0]])), float(np.ptp(np.r_[0.0, tips[:, 1]])),
+               1e-300)  # fmt: skip
+    for k, row in enumerate(coords.itertuples()):
         is_task = row.kind == "task"
         color = _theme.task_color(row.name) if is_task else _theme.method_color(row.name)
         ann = ax.annotate(
@@ -76,17 +86,16 @@ def gradient_arrows(
         )
         ann.set_gid(f"gradlab-arrow:{row.kind}:{row.name}")
         if is_task:
-            ax.annotate(
-                row.label, xy=(row.x, row.y), xytext=_offset(row.x, row.y), ha="center",
-                va="center", textcoords="offset points", color=color, fontsize="small",
-                fontweight="bold",
+            others = np.delete(tips, k, axis=0)
+            text = ax.annotate(
+                row.label, xy=(row.x, row.y), xytext=_label_offset(tips[k], others, span),
+                ha="center", va="center", textcoords="offset points", color=color,
+                fontsize="small", fontweight="bold", annotation_clip=False,
             )  # fmt: skip
-        handles.append(
-            Line2D([], [], color=color, lw=1.3 if is_task else 2.0,
-                   label=f"{row.label}: {_outside_text(row.outside)}")
-        )  # fmt: skip
+            text.set_gid(f"gradlab-label:{row.name}")
+        handles.append(Line2D([], [], color=color, lw=1.3 if is_task else 2.0))
+        labels.append(f"{row.label}: {_outside_text(row.outside)}")
     ax.plot([0], [0], "o", color="0.2", ms=2.5, zorder=5)
-    _limits(ax, coords)
     ax.axhline(0, color="0.8", lw=0.6, zorder=0)
     ax.axvline(0, color="0.8", lw=0.6, zorder=0)
     ax.grid(False)
@@ -95,32 +104,29 @@ def gradient_arrows(
         a, b = attrs["pair"]
         ga, gb = _grad_symbol(a), _grad_symbol(b)
         ax.set(xlabel=f"along {ga}", ylabel=f"part of {gb} ⊥ {ga}")
+        plane = f"plane of {ga}, {gb}"
     else:
         ax.set(xlabel="1st principal direction", ylabel="2nd principal direction")
-    if legend not in ("below", "outside", "inside", True, False, None):
-        raise ValueError(f"legend must be 'below', 'outside', 'inside' or False, got {legend!r}")
-    if legend:
-        where = {
-            # anchored a fixed distance in points under the Axes, clear of the x label
-            "below": {
-                "loc": "upper center",
-                "bbox_to_anchor": (0.5, 0.0),
-                "bbox_transform": offset_copy(ax.transAxes, ax.figure, y=-32, units="points"),
-                "ncols": 2,
-            },
-            "outside": {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)},
-            "inside": {"loc": "best"},
-        }[legend if isinstance(legend, str) else "below"]
-        ax.legend(
-            handles=handles, title="length outside the plane", frameon=False,
-            handlelength=1.5, columnspacing=1.0, **where,
-        )  # fmt: skip
+        plane = "principal plane (PCA)"
+    title = "length outside the plane"
+    below = None
+    if legend == "outside":
+        ax.legend(handles, labels, title=title, frameon=False, handlelength=1.5,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    elif legend == "inside":
+        ax.legend(handles, labels, title=title, frameon=False, handlelength=1.5, loc="best")
+    elif legend:
+        below = (handles, labels, title)
     where = f"{_theme.source_label(attrs['source'])}"
     if attrs["block"] != "encoder":
         where += f", {_theme.block_label(attrs['block'])}"
-    prefix = f"{attrs['run']}\n" if attrs.get("run") else ""  # two lines: fits a column
+    head = f"{_theme.method_label(attrs['method'])} run" if attrs.get("method") else ""
+    if attrs.get("run") and attrs["run"] != attrs.get("method"):
+        head = f"{attrs['run']} ({head})" if head else attrs["run"]
     step_text = f"step {attrs['step']}, " if attrs.get("step") is not None else ""
-    ax.set_title(f"{prefix}{step_text}{where}", loc="left", fontsize="small", color="0.3")
+    lines = [line for line in (head, f"{step_text}{where}", plane) if line]
+    ax.set_title("\n".join(lines), loc="left", fontsize="small", color="0.3")
+    _fit(ax, tips, below)
     return ax
 
 
@@ -132,7 +138,7 @@ def arrow_coordinates(
     block: str = "encoder",
     methods: Sequence[str] = ("sum", "pcgrad"),
     logged: bool = True,
-    basis: str = "pair",
+    basis: str | None = None,
     pair=None,
     run: str | None = None,
     tasks: Sequence[str] | None = None,
@@ -142,6 +148,8 @@ def arrow_coordinates(
 
     ``attrs`` holds basis, pair (task names), step, source, block and run.
     """
+    if basis is None:
+        basis = "pca" if pair is None else "pair"
     if basis not in ("pair", "pca"):
         raise ValueError(f"basis must be 'pair' or 'pca', got {basis!r}")
     tasks, G, step, run_obj = _gramian(data, step, source, block, run, tasks)
@@ -156,15 +164,15 @@ def arrow_coordinates(
         methods = (methods,)
     applied = None
     if logged and run_obj is not None and source == "train":
-        applied = _logged_weights(run_obj, step, tasks)
-    own = _data.variant(run_obj.method, run_obj.schedule) if run_obj is not None else None
+        applied = replay.logged_weights(run_obj, step, tasks)
+    own = variant(run_obj.method, run_obj.schedule) if run_obj is not None else None
     for name in methods:
         if applied is not None and name == own:
             continue  # drawn once below, as what the run applied (PCGrad's order is random)
         names.append(name)
         kinds.append("update")
         labels.append(_theme.method_label(name))
-        coeffs.append(_replay(name, G, step))
+        coeffs.append(replay.method_weights(name, G, step))
     if applied is not None:
         names.append(own)
         kinds.append("update")
@@ -199,6 +207,7 @@ def arrow_coordinates(
         "source": source,
         "block": block,
         "run": getattr(run_obj, "name", None),
+        "method": own,
         "tasks": list(tasks),
     }
     return df
@@ -246,39 +255,6 @@ def _gramian(data, step, source, block, run, tasks):
     return list(tasks), np.asarray(G, dtype=float), int(step), data
 
 
-def _replay(name: str, G: np.ndarray, step) -> np.ndarray:
-    """Weights [T] of method ``name`` on the Gramian, via the method registry."""
-    import torch
-
-    from gradlab.methods import METHODS, MethodInput, get_method
-
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; methods: {sorted(METHODS)}")
-    method = get_method(name)
-    if getattr(method, "blockwise", False):
-        raise ValueError(
-            f"method {name!r} weights each block separately; its update is not a "
-            f"combination of the whole-encoder task gradients, so it has no arrow here"
-        )
-    gramian = torch.tensor(G, dtype=torch.float64)
-    out = method(MethodInput(gramian=gramian, step=int(step or 0)))
-    w = np.asarray(out.weights.detach().cpu().numpy(), dtype=float)
-    if w.shape != (G.shape[0],):
-        raise ValueError(f"method {name!r} returned weights of shape {w.shape}, expected [T]")
-    return w
-
-
-def _logged_weights(run, step: int, tasks: list[str]) -> np.ndarray | None:
-    """The run's applied whole-update weights at ``step`` in ``tasks`` order (None if the
-    run logged blockwise weights or none at this step)."""
-    w = run.weights(source="train")
-    w = w[(w["step"] == step) & (w["block"] == "")]
-    if w.empty:
-        return None
-    by_task = dict(zip(w["task"], w["value"], strict=True))
-    return np.array([by_task.get(t, 0.0) for t in tasks], dtype=float)
-
-
 def _pair_tasks(pair, tasks: list[str]) -> tuple[str, str]:
     if pair is None:
         return tasks[0], tasks[1]
@@ -305,23 +281,92 @@ def _outside_text(share: float) -> str:
     return f"{100 * share:.0f}%"
 
 
-def _offset(x: float, y: float, distance: float = 9.0) -> tuple[float, float]:
-    """Label offset in points, beyond the arrow tip along its direction."""
-    n = float(np.hypot(x, y))
+def _label_offset(tip: np.ndarray, others: np.ndarray, span: float,
+                  distance: float = 9.0) -> tuple[float, float]:
+    """Label offset in points from an arrow tip: beyond the tip, turned away from the other
+    arrows when one passes near (the direction whose label point lies farthest from them)."""
+    n = float(np.hypot(*tip))
     if n == 0 or not np.isfinite(n):
         return (0.0, distance)
-    return (distance * x / n, distance * y / n)
+    base = np.arctan2(tip[1], tip[0])
+    best, best_gap = base, -np.inf
+    for turn in (0.0, 0.6, -0.6, 1.2, -1.2, 1.9, -1.9):
+        angle = base + turn
+        point = tip + 0.12 * span * np.array([np.cos(angle), np.sin(angle)])
+        gap = min((_segment_distance(point, o) for o in others), default=np.inf)
+        if gap > best_gap + 1e-3 * span:  # the straight-out direction wins ties
+            best, best_gap = angle, gap
+    return (distance * np.cos(best), distance * np.sin(best))
 
 
-def _limits(ax: Axes, coords: pd.DataFrame) -> None:
-    """Square limits around the origin and every tip, so the aspect is equal and labels fit."""
-    xs = np.r_[0.0, coords["x"].to_numpy(dtype=float)]
-    ys = np.r_[0.0, coords["y"].to_numpy(dtype=float)]
-    xs, ys = xs[np.isfinite(xs)], ys[np.isfinite(ys)]
-    span = max(np.ptp(xs), np.ptp(ys), 1e-300)
+def _segment_distance(point: np.ndarray, tip: np.ndarray) -> float:
+    """Distance from ``point`` to the arrow from the origin to ``tip``."""
+    length2 = float(tip @ tip)
+    if length2 == 0 or not np.isfinite(length2):
+        return float(np.hypot(*point))
+    t = float(np.clip(point @ tip / length2, 0.0, 1.0))
+    return float(np.hypot(*(point - t * tip)))
+
+
+def _fit(ax: Axes, tips: np.ndarray, legend) -> None:
+    """Square, equal-aspect limits that hold the origin, every tip and every label, with a
+    band kept free under them for the ``legend`` drawn inside the Axes (if any).
+
+    Sizes of text are known only once drawn, so the figure is drawn and the limits set
+    again until they settle (three rounds suffice: the band changes the Axes' shape once).
+    """
+    xs = np.r_[0.0, tips[:, 0]]
+    ys = np.r_[0.0, tips[:, 1]]
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[finite], ys[finite]
+    span = max(float(np.ptp(xs)), float(np.ptp(ys)), 1e-300)
     pad = 0.14 * span
-    cx, cy = (xs.max() + xs.min()) / 2, (ys.max() + ys.min()) / 2
-    half = span / 2 + pad
-    ax.set_xlim(cx - half, cx + half)
-    ax.set_ylim(cy - half, cy + half)
+    box = [xs.min() - pad, xs.max() + pad, ys.min() - pad, ys.max() + pad]
+    _square(ax, box, 0.0)
     ax.set_aspect("equal", adjustable="box")
+    fig = ax.figure
+    if legend is not None:
+        legend = _legend_inside(ax, *legend)
+    for _ in range(3):
+        fig.draw_without_rendering()
+        renderer = fig.canvas.get_renderer()
+        to_data = ax.transData.inverted()
+        for text in ax.texts:
+            if str(text.get_gid()).startswith("gradlab-label:"):
+                (x0, y0), (x1, y1) = to_data.transform(text.get_window_extent(renderer))
+                box = [min(box[0], x0), max(box[1], x1), min(box[2], y0), max(box[3], y1)]
+        band = 0.0
+        if legend is not None:
+            height = legend.get_window_extent(renderer).height
+            band = min(0.6, (height + 4.0) / max(ax.get_window_extent(renderer).height, 1.0))
+        _square(ax, box, band)
+
+
+def _legend_inside(ax: Axes, handles, labels, title):
+    """The legend at the bottom of the Axes, in two columns if they fit its width."""
+    renderer = ax.figure.canvas.get_renderer()
+    ax.figure.draw_without_rendering()
+    for ncols in (2, 1):
+        legend = ax.legend(handles, labels, title=title, frameon=False, handlelength=1.2,
+                           loc="lower center", ncols=ncols, columnspacing=0.8,
+                           fontsize="small", title_fontsize="small", borderaxespad=0.2)
+        if ncols == 1 or (legend.get_window_extent(renderer).width
+                          <= ax.get_window_extent(renderer).width):  # fmt: skip
+            return legend
+        legend.remove()
+    return legend
+
+
+def _square(ax: Axes, box: list[float], band: float) -> None:
+    """Equal-aspect limits around ``box`` [x0, x1, y0, y1] shaped like the space the layout
+    gives the Axes (so the arrows use all of it), with the lowest ``band`` share of the
+    height left free (the legend's place)."""
+    pos = ax.get_position(original=True)
+    width_in, height_in = ax.figure.get_size_inches()
+    shape = (pos.width * width_in) / max(pos.height * height_in, 1e-9)  # width / height
+    width, height = box[1] - box[0], (box[3] - box[2]) / (1 - band)
+    width, height = max(width, height * shape), max(height, width / shape)
+    cx = (box[0] + box[1]) / 2
+    top = box[3] + (height * (1 - band) - (box[3] - box[2])) / 2
+    ax.set_xlim(cx - width / 2, cx + width / 2)
+    ax.set_ylim(top - height, top)

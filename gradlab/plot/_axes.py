@@ -14,18 +14,38 @@ task pair and per method in every figure.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.font_manager import FontProperties
 
 from gradlab.plot import _data, _theme
 from gradlab.plot._data import get_frame
+from gradlab.plot._draw import (
+    BAND,
+    Errorbar,
+    _ax,
+    _edges,
+    _has_seeds,
+    _legend,
+    _log_y,
+    _one_pair,
+    _one_variant,
+    _pair_lines,
+    _prepare,
+    _select_metrics,
+    _select_pairs,
+    _select_tasks,
+    _task_lines,
+    _thin,
+    _title,
+    _where,
+)
+
+#: metrics that live in [0, 1]: their axes stop there, whatever a seed band says
+UNIT_METRICS = {"accuracy", "f1", "macro_f1", "score", "mean"}
 
 __all__ = [
     "training_curves",
@@ -39,10 +59,6 @@ __all__ = [
     "condition_number",
 ]
 
-Errorbar = str | tuple[str, float] | Callable | None
-BAND = _data.t_interval
-MAX_POINTS = 500  # per curve; more logged steps are thinned (see _thin)
-PRIMARY_METRICS = {"sst": "accuracy", "para": "accuracy", "sts": "pearson", "overall": "score"}
 
 
 def training_curves(
@@ -90,6 +106,9 @@ def training_curves(
     df, xlabel = _x_axis(data, df, x)
     ax = _ax(ax)
     _task_lines(ax, df, errorbar=errorbar, legend=legend, labels=labels)
+    if kind == "dev" and set(df["metric"]) <= UNIT_METRICS:  # a t band may pass 0 or 1
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -0.01), min(high, 1.01))
     what = f"{split} set" if kind == "dev" else "training loss"
     ax.set(xlabel=xlabel, ylabel=ylabel)
     _title(ax, what + (f" · {smooth}-step mean" if smooth and smooth > 1 else ""), df)
@@ -151,13 +170,9 @@ def cosine_over_training(
 
     >>> ax = cosine_over_training(run, pair="sst-para", smooth=20)  # doctest: +SKIP
     """
-    df = get_frame(data, "cosines", ["source", "step", "block", "pair", "value"], blocks=block)
-    df, source = _data.select_source(df, source)
-    df = _data.select_block(df, block)
-    df = _select_pairs(df, pair)
-    df = _data.smooth(df, smooth, ["run", "source", "block", "pair"])
+    df, source, ax = _prepare(data, "cosines", ["pair", "value"], source=source, block=block,
+                              pair=pair, smooth=smooth, ax=ax, blocks=block)
     df, xlabel = _x_axis(data, df, x)
-    ax = _ax(ax)
     ax.axhline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     ax.set(xlabel=xlabel, ylabel="Cosine similarity")
@@ -182,15 +197,9 @@ def conflict_rate(
     With a DataFrame the rate column is drawn as it is (its window was chosen when the
     frame was made by ``Run.conflicts(window=...)``). ``x`` as in `training_curves`.
     """
-    df = get_frame(
-        data, "conflicts", ["source", "step", "block", "pair", "conflict_rate"], window=window,
-        blocks=block,
-    )  # fmt: skip
-    df, source = _data.select_source(df, source)
-    df = _data.select_block(df, block)
-    df = _select_pairs(df, pair).rename(columns={"conflict_rate": "value"})
-    df, xlabel = _x_axis(data, df, x)
-    ax = _ax(ax)
+    df, source, ax = _prepare(data, "conflicts", ["pair", "conflict_rate"], source=source,
+                              block=block, pair=pair, ax=ax, window=window, blocks=block)
+    df, xlabel = _x_axis(data, df.rename(columns={"conflict_rate": "value"}), x)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     ax.set(xlabel=xlabel, ylabel="Conflict rate (cos < 0)", ylim=(-0.02, 1.02))
     _title(ax, _one_pair(df) + _where(block, source) + f" · {window}-step window", df)
@@ -330,11 +339,8 @@ def gradient_norms(
     ax: Axes | None = None,
 ) -> Axes:
     """Each task's gradient norm ‖g_i‖ over training, on a log scale."""
-    df = get_frame(data, "norms", ["source", "step", "block", "task", "value"], blocks=block)
-    df, source = _data.select_source(df, source)
-    df = _data.select_block(df, block)
-    df = _data.smooth(df, smooth, ["run", "source", "block", "task"])
-    ax = _ax(ax)
+    df, source, ax = _prepare(data, "norms", ["task", "value"], source=source, block=block,
+                              smooth=smooth, ax=ax, blocks=block)
     _task_lines(ax, df, errorbar=errorbar, legend=legend)
     _log_y(ax)
     ax.set(xlabel="Step", ylabel="Gradient norm ‖g‖")
@@ -354,14 +360,8 @@ def magnitude_similarity(
     ax: Axes | None = None,
 ) -> Axes:
     """Gradient magnitude similarity per pair (PCGrad, Def. 2): 1 for equal norms."""
-    df = get_frame(
-        data, "magnitude_similarity", ["source", "step", "block", "pair", "value"], blocks=block
-    )
-    df, source = _data.select_source(df, source)
-    df = _data.select_block(df, block)
-    df = _select_pairs(df, pair)
-    df = _data.smooth(df, smooth, ["run", "source", "block", "pair"])
-    ax = _ax(ax)
+    df, source, ax = _prepare(data, "magnitude_similarity", ["pair", "value"], source=source,
+                              block=block, pair=pair, smooth=smooth, ax=ax, blocks=block)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     ax.set(xlabel="Step", ylabel="Magnitude similarity", ylim=(0, 1.02))
     _title(ax, _where(block, source, smooth), df)
@@ -379,11 +379,8 @@ def condition_number(
     ax: Axes | None = None,
 ) -> Axes:
     """Condition number κ of the task gradients (σ_max / σ_min of J), log scale."""
-    df = get_frame(data, "condition_number", ["source", "step", "block", "value"], blocks=block)
-    df, source = _data.select_source(df, source)
-    df = _data.select_block(df, block)
-    df = _data.smooth(df, smooth, ["run", "source", "block"])
-    ax = _ax(ax)
+    df, source, ax = _prepare(data, "condition_number", ["value"], source=source, block=block,
+                              smooth=smooth, ax=ax, blocks=block)
     variants = _data.order_variants(df["variant"].unique())
     df = _thin(df).assign(Method=lambda d: [_theme.method_label(v) for v in d["variant"]])
     sns.lineplot(
@@ -403,239 +400,3 @@ def condition_number(
     _legend(ax, legend)
     _title(ax, _where(block, source, smooth), df)
     return ax
-
-
-# ---------------------------------------------------------------------------------------
-# Private helpers
-
-
-def _ax(ax: Axes | None) -> Axes:
-    return plt.gca() if ax is None else ax
-
-
-def _title(ax: Axes, text: str, df: pd.DataFrame | None = None) -> None:
-    """Small grey subtitle stating what is drawn (method when only one, block, source),
-    wrapped at its " · " separators so it stays within a column-width Axes."""
-    parts = text.split(" · ")
-    if df is not None and df["variant"].nunique() == 1:
-        n = df["run"].nunique()
-        method = _theme.method_label(df["variant"].iloc[0])
-        parts.insert(0, f"{method}{f' ({n} seeds)' if n > 1 else ''}")
-    size = FontProperties(size="small").get_size_in_points()
-    width = 0.85 * ax.get_position().width * ax.figure.get_figwidth() * 72  # points
-    budget = max(16, int(width / (0.55 * size)))  # characters per line
-    lines = [parts[0]]
-    for part in parts[1:]:
-        if len(lines[-1]) + 3 + len(part) <= budget:
-            lines[-1] += " · " + part
-        else:
-            lines.append(part)
-    ax.set_title("\n".join(lines), loc="left", fontsize="small", color="0.3")
-
-
-def _one_pair(df: pd.DataFrame) -> str:
-    """"SST–PARA · " when the frame holds one pair (the legend then names methods only)."""
-    pairs = df["pair"].unique()
-    return f"{_theme.pair_label(pairs[0])} · " if len(pairs) == 1 else ""
-
-
-def _where(block: str, source: str, smooth: int | None = None) -> str:
-    text = "encoder" if block == "encoder" else _theme.block_label(block)
-    text += f" · {source} batches"
-    if smooth and smooth > 1:
-        text += f" · {smooth}-step mean"
-    return text
-
-
-def _log_y(ax: Axes) -> None:
-    """Log y axis with plain numbers ("20", "30"), not 2×10¹, also on minor ticks."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(mticker.LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(
-        mticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4))
-    )
-
-
-def _thin(df: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """Every k-th logged step when there are more than ``max_points``: a curve of thousands
-    of steps has more points than a column-wide figure has pixels, and the seed band would
-    cost one interval per step. Smooth first (``smooth=``) to average rather than pick."""
-    steps = np.unique(df["step"].to_numpy())
-    if len(steps) <= max_points:
-        return df
-    keep = steps[:: int(np.ceil(len(steps) / max_points))]
-    return df[df["step"].isin(np.r_[keep, steps[-1]])]
-
-
-def _has_seeds(df: pd.DataFrame) -> bool:
-    return bool((df.groupby("variant")["run"].nunique() > 1).any())
-
-
-def _legend(ax: Axes, legend: str | bool) -> None:
-    """ "outside" (or True): right of the Axes, never over the data; "inside": matplotlib's
-    best spot; False/None: no legend."""
-    if legend not in ("outside", "inside", True, False, None):
-        raise ValueError(f"legend must be 'outside', 'inside' or False, got {legend!r}")
-    leg = ax.get_legend()
-    if leg is None:
-        return
-    if not legend:
-        leg.remove()
-    elif legend == "inside":
-        sns.move_legend(ax, "best", frameon=True, framealpha=0.85, edgecolor="none")
-    else:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-
-
-def _select_pairs(df: pd.DataFrame, pair) -> pd.DataFrame:
-    return df[df["pair"].isin(_data.resolve_pairs(df, pair))]
-
-
-def _select_tasks(df: pd.DataFrame, task, *, default_drop_overall: bool) -> pd.DataFrame:
-    present = _data.order_tasks(df["task"].unique())
-    if task is None:
-        if default_drop_overall and len(present) > 1:
-            present = [t for t in present if t != "overall"]
-        return df[df["task"].isin(present)]
-    wanted = [task] if isinstance(task, str) else list(task)
-    missing = [t for t in wanted if t not in present]
-    if missing:
-        raise ValueError(f"task {missing if len(missing) > 1 else missing[0]!r} not in the "
-                         f"data; tasks present: {present}")  # fmt: skip
-    return df[df["task"].isin(wanted)]
-
-
-def _select_metrics(df: pd.DataFrame, metric) -> tuple[pd.DataFrame, str]:
-    """One metric per task; returns the rows and a y-axis label."""
-    tasks = _data.order_tasks(df["task"].unique())
-    present = df.groupby("task")["metric"].unique().apply(list).to_dict()
-    if isinstance(metric, dict):
-        chosen = {t: metric.get(t, PRIMARY_METRICS.get(t)) for t in tasks}
-    elif metric is not None:
-        chosen = {t: metric for t in tasks}
-    else:
-        chosen = {t: PRIMARY_METRICS.get(t) for t in tasks}
-    for t in tasks:
-        if chosen[t] is None:  # an unknown task without a primary metric: its first one
-            chosen[t] = present[t][0]
-        if chosen[t] not in present[t]:
-            raise ValueError(
-                f"metric {chosen[t]!r} not logged for task {t!r}; metrics of {t!r}: {present[t]}"
-            )
-    keep = df["metric"] == df["task"].map(chosen)
-    metrics = set(chosen.values())
-    ylabel = _theme.metric_label(metrics.pop()) if len(metrics) == 1 else "Dev metric"
-    return df[keep], ylabel
-
-
-def _task_metric_label(task: str, metric: str) -> str:
-    if task == "overall":
-        return _theme.task_label(task) + (f" ({_theme.metric_label(metric)})"
-                                          if metric != "score" else "")  # fmt: skip
-    return _theme.task_label(task)
-
-
-def _task_lines(
-    ax: Axes, df: pd.DataFrame, *, errorbar: Errorbar, legend, labels: dict | None = None
-) -> None:
-    """Task lines: coloured by task (one method) or by method with a line style per task."""
-    variants = _data.order_variants(df["variant"].unique())
-    tasks = _data.order_tasks(df["task"].unique())
-    labels = {t: (labels or {}).get(t, _theme.task_label(t)) for t in tasks}
-    df = df.assign(
-        Task=df["task"].map(labels),
-        Method=[_theme.method_label(v) for v in df["variant"]],
-    )
-    task_labels = [labels[t] for t in tasks]
-    df = _thin(df)
-    if len(variants) == 1:
-        hue, order = "Task", task_labels
-        palette = {labels[t]: _theme.task_color(t) for t in tasks}
-        style, style_order = None, None
-    else:
-        hue, order = "Method", [_theme.method_label(v) for v in variants]
-        palette = {_theme.method_label(v): _theme.method_color(v) for v in variants}
-        style, style_order = ("Task", task_labels) if len(tasks) > 1 else (None, None)
-    # sparse curves (e.g. dev metrics evaluated a few times) get markers: a run evaluated
-    # once would otherwise draw nothing
-    sparse = df.groupby(["run", "task"])["step"].nunique().min() <= 5
-    sns.lineplot(
-        data=df, x="step", y="value", hue=hue, hue_order=order, palette=palette,
-        style=style, style_order=style_order, errorbar=errorbar if _has_seeds(df) else None,
-        seed=0, ax=ax, legend=bool(legend), marker="o" if sparse else None,
-    )  # fmt: skip
-    _legend(ax, legend)
-
-
-def _hue_for_pairs(df: pd.DataFrame, *, bars: bool):
-    """(df with a hue column, hue column, order, palette): pairs for one method, methods
-    for several."""
-    variants = _data.order_variants(df["variant"].unique())
-    pairs = _data.order_pairs(df["pair"].unique())
-    if len(variants) == 1:
-        labels = [_theme.pair_label(p) for p in pairs]
-        df = df.assign(Pair=[_theme.pair_label(p) for p in df["pair"]])
-        return (
-            df,
-            "Pair",
-            labels,
-            {p_: _theme.pair_color(p) for p, p_ in zip(pairs, labels, strict=True)},
-        )
-    if bars and len(pairs) > 1:
-        raise ValueError(
-            f"with several methods {variants} this plot shows one pair; pass pair= one of {pairs}"
-        )
-    df = df.assign(Method=[_theme.method_label(v) for v in df["variant"]])
-    labels = [_theme.method_label(v) for v in variants]
-    return df, "Method", labels, {_theme.method_label(v): _theme.method_color(v) for v in variants}
-
-
-def _pair_lines(ax: Axes, df: pd.DataFrame, *, errorbar, legend, ordered: bool = False) -> None:
-    """Pair lines: coloured by pair (one method) or by method with a style per pair."""
-    variants = _data.order_variants(df["variant"].unique())
-    pairs = _data.order_pairs(df["pair"].unique())
-    df = _thin(df).assign(Pair=lambda d: [_theme.pair_label(p) for p in d["pair"]])
-    pair_labels = [_theme.pair_label(p) for p in pairs]
-    dashes = None
-    if ordered:  # a→b solid, b→a dashed, in the colour of the unordered pair
-        dashes = {_theme.pair_label(p): "" if _is_forward(p) else (4, 2) for p in pairs}
-    if len(variants) == 1:
-        hue, order = "Pair", pair_labels
-        palette = {_theme.pair_label(p): _theme.pair_color(p) for p in pairs}
-        style = "Pair" if ordered else None
-    else:
-        df["Method"] = [_theme.method_label(v) for v in df["variant"]]
-        hue, order = "Method", [_theme.method_label(v) for v in variants]
-        palette = {_theme.method_label(v): _theme.method_color(v) for v in variants}
-        style = "Pair" if len(pairs) > 1 else None
-        dashes = None
-    sns.lineplot(
-        data=df, x="step", y="value", hue=hue, hue_order=order, palette=palette,
-        style=style, style_order=pair_labels if style else None,
-        dashes=dashes if dashes is not None else True,
-        errorbar=errorbar if _has_seeds(df) else None, seed=0, ax=ax, legend=bool(legend),
-    )  # fmt: skip
-    _legend(ax, legend)
-
-
-def _is_forward(pair: str) -> bool:
-    a, b = _theme.split_pair(pair)
-    order = _data.order_tasks([a, b])
-    return order[0] == a
-
-
-def _one_variant(df: pd.DataFrame, method: str | None, what: str) -> pd.DataFrame:
-    variants = _data.order_variants(df["variant"].unique())
-    if method is not None:
-        return _data.select(df, "variant", method, "method")
-    if len(variants) > 1:
-        raise ValueError(f"{what} shows one method; the data holds {variants}: pass method=")
-    return df
-
-
-def _edges(steps: np.ndarray) -> np.ndarray:
-    """Cell edges around each step (midpoints; the ends extend by half a spacing)."""
-    if len(steps) == 1:
-        return np.array([steps[0] - 0.5, steps[0] + 0.5])
-    mid = (steps[1:] + steps[:-1]) / 2
-    return np.concatenate([[2 * steps[0] - mid[0]], mid, [2 * steps[-1] - mid[-1]]])

@@ -7,16 +7,16 @@ naming what was asked for and what exists.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from gradlab.plot import _theme
+from gradlab.run import IDENTITY as run_identity
+from gradlab.significance import variant
 
-IDENTITY = ["run", "method", "seed", "schedule"]
-JOINT_SCHEDULES = ("", "joint")
+IDENTITY = list(run_identity)  # the columns naming a run in every Run frame
 
 
 def get_frame(data, accessor: str, columns: Sequence[str], **kwargs) -> pd.DataFrame:
@@ -48,16 +48,6 @@ def get_frame(data, accessor: str, columns: Sequence[str], **kwargs) -> pd.DataF
     names = {pair: variant(*pair) for pair in dict.fromkeys(pairs)}
     df["variant"] = [names[pair] for pair in pairs]
     return df
-
-
-def variant(method: str, schedule) -> str:
-    """What a run is compared as: "pcgrad"; "round_robin" for a round-robin run of sum."""
-    schedule = "" if schedule is None or pd.isna(schedule) else str(schedule)
-    if schedule in JOINT_SCHEDULES or method == schedule:
-        return method
-    if method in ("sum", "mean", ""):
-        return schedule
-    return f"{method} ({schedule})"
 
 
 def describe(data) -> str:
@@ -225,25 +215,3 @@ def smooth(df: pd.DataFrame, window: int | None, by: Sequence[str], value: str =
         )
     )
     return df
-
-
-def t_interval(values) -> tuple[float, float]:
-    """95% Student-t confidence interval of the mean over seeds (NaN for one seed).
-
-    The seaborn ``errorbar`` of every band and error bar: with the 3 to 5 seeds of a
-    typical comparison the t interval is the honest one (a bootstrap of 3 values is far
-    too narrow), and it costs one quantile lookup per point instead of 1000 resamples.
-    """
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) < 2:
-        return (np.nan, np.nan)
-    half = _t_quantile(len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return (x.mean() - half, x.mean() + half)
-
-
-@functools.lru_cache(maxsize=128)
-def _t_quantile(dof: int, confidence: float = 0.95) -> float:
-    from scipy import stats as sps
-
-    return float(sps.t.ppf(0.5 + confidence / 2, dof))

@@ -8,7 +8,9 @@ from pathlib import Path
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
-__all__ = ["export", "WIDTHS"]
+from gradlab.plot._fit import layout_problems
+
+__all__ = ["export", "resolve_width", "WIDTHS"]
 
 _CM = 1 / 2.54
 # Text widths in inches.
@@ -29,6 +31,7 @@ def export(
     height: float | None = None,
     formats: Sequence[str] | None = None,
     dpi: int = 300,
+    check: bool = True,
 ) -> list[Path]:
     """Write ``fig`` for a paper and return the written paths.
 
@@ -37,8 +40,15 @@ def export(
     keep the figure's size. ``height`` in inches; None keeps the aspect ratio. Formats come
     from ``formats``, else from the suffix of ``path`` (``fig.pdf``), else PDF and PNG.
     PDFs embed TrueType (Type 42) fonts; PNGs are written at ``dpi`` (at least 300).
-    With a width the file is exactly that wide (a figure without a layout engine gets
-    constrained layout so nothing is cut); without one the bounding box is tight.
+
+    Before writing, the drawn figure is checked (``check``; `layout_problems`): an Axes
+    collapsed to nothing, texts printed over each other or cut at the canvas edge raise a
+    ValueError naming them, and no file is written. A figure-level function builds a layout
+    that fits when given the width (``plot_conflicts(run, width="icml-column")``).
+    With a width the file is exactly that wide; a figure built with a layout engine
+    (``layout="constrained"``, as every gradlab figure is) keeps it, one without gets its
+    subplot margins fitted once (``tight_layout``; its engine is never switched after
+    drawing, which breaks colorbars). Without a width the bounding box is tight.
 
     >>> import matplotlib.pyplot as plt
     >>> fig, ax = plt.subplots()
@@ -50,20 +60,35 @@ def export(
         raise ValueError(f"dpi must be at least 300 for print, got {dpi}")
     if width is not None or height is not None:
         old_w, old_h = fig.get_size_inches()
-        new_w = old_w if width is None else _resolve_width(width)
+        new_w = old_w if width is None else resolve_width(width)
         if height is None:
             height = old_h * new_w / old_w
         elif not height > 0:
             raise ValueError(f"height must be a positive number of inches, got {height!r}")
         fig.set_size_inches(new_w, height)
         # An exact width needs a layout that fits everything inside the figure (a tight
-        # bounding box would change the width again).
+        # bounding box would change the width again). Switching a drawn figure to
+        # constrained layout divides by zero on colorbars (matplotlib 3.11), so a figure
+        # without an engine only has its margins fitted once.
         if fig.get_layout_engine() is None:
-            fig.set_layout_engine("constrained")
+            fig.tight_layout(pad=0.3)
         bbox = "standard"
     else:
         bbox = "tight"
 
+    if check:
+        problems = layout_problems(fig)
+        if bbox == "tight":  # the saved area grows to hold everything
+            problems = [p for p in problems if "canvas" not in p]
+        if problems:
+            size = "x".join(f"{v:.2f}" for v in fig.get_size_inches())
+            listed = "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
+            raise ValueError(
+                f"the figure does not fit {size} in ({width or 'its own size'}): {listed}. "
+                "Build it for this width (figure-level functions take width=, e.g. "
+                "plot_conflicts(run, width='icml-column')), or give it more height; "
+                "nothing was written"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     stem = path.with_suffix("") if path.suffix.lower().lstrip(".") in FORMATS else path
     written = []
@@ -77,7 +102,8 @@ def export(
     return written
 
 
-def _resolve_width(width: str | float) -> float:
+def resolve_width(width: str | float) -> float:
+    """Inches of a width preset or a number of inches."""
     if isinstance(width, str):
         if width not in WIDTHS:
             raise ValueError(f"unknown width preset {width!r}; presets: {sorted(WIDTHS)}")

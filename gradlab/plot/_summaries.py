@@ -13,13 +13,15 @@ import seaborn as sns
 from matplotlib.axes import Axes
 
 from gradlab.plot import _data, _theme
-from gradlab.plot._axes import (
+from gradlab.plot._data import get_frame
+from gradlab.plot._draw import (
     BAND,
     Errorbar,
     _ax,
     _has_seeds,
     _hue_for_pairs,
     _legend,
+    _prepare,
     _select_metrics,
     _select_pairs,
     _select_tasks,
@@ -27,7 +29,7 @@ from gradlab.plot._axes import (
     _title,
     _where,
 )
-from gradlab.plot._data import get_frame, t_interval
+from gradlab.significance import t_interval
 
 __all__ = ["s_conflict_bars", "cosine_distribution", "method_comparison", "seed_points",
            "final_metrics"]
@@ -103,13 +105,11 @@ def cosine_distribution(
     """
     if kind not in ("hist", "ecdf"):
         raise ValueError(f"kind must be 'hist' or 'ecdf', got {kind!r}")
-    df = get_frame(data, "cosines", ["source", "step", "block", "pair", "value"], blocks=block)
-    df, source = _data.select_source(df, source)
-    df = _data.select_block(df, block)
-    df = _select_pairs(df, pair).dropna(subset=["value"])
+    df, source, ax = _prepare(data, "cosines", ["pair", "value"], source=source, block=block,
+                              pair=pair, ax=ax, blocks=block)
+    df = df.dropna(subset=["value"])
     if df.empty:
         raise ValueError(f"every cosine is undefined (a zero gradient) for pair {pair!r}")
-    ax = _ax(ax)
     ax.axvline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
     if kind == "hist":
         df, hue, order, palette = _hue_for_pairs(df, bars=True)
@@ -123,7 +123,8 @@ def cosine_distribution(
             stat="density",
             common_norm=False,
             element="step",
-            alpha=0.25,
+            fill=False,  # outlines: filled histograms over each other read as mud
+            linewidth=1.4,
             ax=ax,
             legend=bool(legend),
         )

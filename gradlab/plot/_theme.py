@@ -125,16 +125,34 @@ def theme_rc(font_scale: float = 1.0) -> dict:
     return rc
 
 
+def font_scale_for(inches: float) -> float:
+    """Font scale of the theme for a figure ``inches`` wide: smaller type in a column (the
+    paper context's 8-9 pt would take a third of a 3-inch figure's height)."""
+    return 0.85 if inches < 4 else 1.0
+
+
 def set_theme(font_scale: float = 1.0) -> None:
     """Apply the gradlab theme globally (call once at the top of a notebook or script)."""
     mpl.rcParams.update(theme_rc(font_scale))
 
 
 @contextmanager
-def theme_context(font_scale: float = 1.0) -> Iterator[None]:
-    """The gradlab theme for the duration of a ``with`` block (figure-level functions)."""
-    with mpl.rc_context(theme_rc(font_scale)):
-        yield
+def theme_context(font_scale: float = 1.0, rc: dict | None = None) -> Iterator[None]:
+    """The gradlab theme (plus ``rc``) for the duration of a ``with`` block.
+
+    Interactive mode is left as the block leaves it: Jupyter's inline backend turns it on
+    when the first figure is made, and restoring the old value would stop every later
+    figure of the session from showing.
+    """
+    interactive = mpl.is_interactive()
+    try:
+        with mpl.rc_context({**theme_rc(font_scale), **(rc or {})}):
+            try:
+                yield
+            finally:
+                interactive = mpl.is_interactive()
+    finally:
+        mpl.interactive(interactive)
 
 
 def _fallback_color(name: str) -> str:

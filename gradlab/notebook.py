@@ -1,0 +1,154 @@
+"""The analysis notebooks' shared setup: budget, folders, and the runs they train and read.
+
+Every notebook in ``analysis_notebooks/`` starts with ``nb = notebook_setup()``. Folders are
+resolved from the repository root (not the kernel's working directory, which JupyterLab sets
+to the notebook's folder), and each can be set with an environment variable:
+
+- ``GRADLAB_NOTEBOOK_RUNS``: where the notebooks train their runs (``runs/notebooks``);
+- ``GRADLAB_NOTEBOOK_FIGURES``: where they export figures (``figures/notebooks``);
+- ``GRADLAB_NOTEBOOK_DEMO_RUNS``: the demo's runs that notebook 04 reads (``runs/demo``);
+- ``GRADLAB_NOTEBOOK_TINY=1``: a tiny random BERT and a seconds-long budget (the tests).
+
+Every schedule gets the same batches of each task (``step_budget="per_task"``), as in the
+demo: round-robin takes T optimizer steps per batch of each task.
+
+    >>> nb = notebook_setup()                       # doctest: +SKIP
+    >>> folders = nb.ensure_runs(seeds=(0, 1))      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["notebook_setup", "NotebookSetup", "METHODS", "TINY_BUDGET", "SMALL_BUDGET"]
+
+#: the three trainings the notebooks compare: run-name prefix -> config changes
+METHODS = {
+    "sum": {"method": "sum", "schedule": "joint"},
+    "round_robin": {"method": "sum", "schedule": "round_robin"},
+    "pcgrad": {"method": "pcgrad", "schedule": "joint"},
+}
+#: a tiny random BERT, seconds per run (the tests execute every notebook with it)
+TINY_BUDGET = {
+    "tiny_encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "intermediate_size": 64},
+    "steps": 8, "step_budget": "per_task", "train_limit": 64, "dev_limit": 32,
+    "eval_every": 4, "batch_size": 4, "max_length": 32, "probe_every": 2,
+    "probe_batch_size": 4, "progress": False, "threads": 1,
+}  # fmt: skip
+#: the packaged MiniLM-L6 on a small budget: 60 batches of 16 per task, dev curves every
+#: 15 batches on the first 300 dev rows of each task
+SMALL_BUDGET = {
+    "steps": 60, "step_budget": "per_task", "train_limit": 2000, "dev_limit": 300,
+    "eval_every": 15, "probe_every": 5, "progress": False,
+}  # fmt: skip
+
+
+def repository_root() -> Path:
+    """The checkout gradlab runs from (an editable install), else the working directory."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "analysis_notebooks").is_dir() else Path.cwd()
+
+
+@dataclass
+class NotebookSetup:
+    """Budget and folders of the notebooks; trains their runs in background processes."""
+
+    tiny: bool
+    runs: Path
+    figures: Path
+    demo_runs: Path
+    budget: dict = field(default_factory=dict)
+
+    def train_in_background(self, name: str, **values) -> subprocess.Popen:
+        """Start ``gradlab train`` for run ``name`` in a subprocess (the notebook reads its
+        store while it runs). ``eval_every`` counts batches per task, as ``steps`` does. The
+        process ends with the kernel (Linux) or with `stop`."""
+        values = {"name": name, "runs_dir": str(self.runs), **self.budget, **values}
+        if values.get("schedule", "joint") != "joint" and values.get("eval_every"):
+            from gradlab.config import TrainConfig
+
+            tasks = values.get("tasks") or TrainConfig().tasks
+            values["eval_every"] = values["eval_every"] * len(tasks)
+        args = [f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
+                for k, v in values.items()]  # fmt: skip
+        return subprocess.Popen([sys.executable, "-m", "gradlab", "train", *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+
+    def ensure_runs(self, seeds=(0,), methods: dict | None = None) -> list[Path]:
+        """Train each method of ``methods`` (default `METHODS`) for each seed unless its run
+        finished before, all at once in the background; returns the run folders."""
+        import gradlab
+
+        folders, procs = [], []
+        for seed in seeds:
+            for name, values in (methods or METHODS).items():
+                folder = self.runs / f"{name}-s{seed}"
+                folders.append(folder)
+                if (folder / "run.sqlite").exists() and \
+                        gradlab.load_run(folder).status == "finished":
+                    continue
+                if folder.exists():  # an unfinished run: keep it aside, train anew
+                    shutil.move(str(folder), f"{folder}.old-{int(time.time())}")
+                procs.append(self.train_in_background(folder.name, seed=seed, **values))
+        for proc in procs:
+            wait(proc)
+        return folders
+
+    def demo_or_notebook_runs(self) -> list[Path]:
+        """The demo's three runs when they exist (not in tiny mode), else `ensure_runs`."""
+        demo = [self.demo_runs / n for n in ("sum", "round_robin", "pcgrad")]
+        if not self.tiny and all((d / "run.sqlite").exists() for d in demo):
+            return demo
+        return self.ensure_runs()
+
+    def __repr__(self) -> str:
+        mode = "tiny random BERT" if self.tiny else "MiniLM-L6, small budget"
+        return (f"NotebookSetup({mode}; runs in {self.runs}, figures in {self.figures}, "
+                f"demo runs read from {self.demo_runs})")
+
+
+def notebook_setup(tiny: bool | None = None) -> NotebookSetup:
+    """The notebooks' settings from the ``GRADLAB_NOTEBOOK_*`` variables (module docstring).
+    ``tiny``: force the tiny budget on or off."""
+    root = repository_root()
+    if tiny is None:
+        tiny = os.environ.get("GRADLAB_NOTEBOOK_TINY") == "1"
+
+    def folder(variable: str, default: str) -> Path:
+        value = os.environ.get(variable)
+        return Path(value).expanduser().resolve() if value else root / default
+
+    return NotebookSetup(
+        tiny=tiny,
+        runs=folder("GRADLAB_NOTEBOOK_RUNS", "runs/notebooks"),
+        figures=folder("GRADLAB_NOTEBOOK_FIGURES", "figures/notebooks"),
+        demo_runs=folder("GRADLAB_NOTEBOOK_DEMO_RUNS", "runs/demo"),
+        budget=dict(TINY_BUDGET if tiny else SMALL_BUDGET),
+    )
+
+
+def wait(proc: subprocess.Popen) -> None:
+    """Wait for a background training; its error output in a RuntimeError if it failed."""
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"training exited with {proc.returncode}:\n{(err or '')[-2000:]}")
+
+
+def _end_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to send SIGTERM to this process when its parent (the kernel) dies."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -1,0 +1,144 @@
+"""The catalogue of figures that ``gradlab figures``, ``compare`` and ``demo`` write.
+
+`run_figures` and `comparison_figures` name every figure of a run, or of runs compared, as
+a function that builds it at a given width (so its layout and legend are made for that
+width, never squeezed afterwards); `write_figures` exports them. Task pairs come from the
+data, so runs of any task set get their per-pair figures.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from gradlab.plot import _axes, _data, _summaries, _theme
+from gradlab.plot._arrows import gradient_arrows
+from gradlab.plot._export import export, resolve_width
+from gradlab.plot._figures import compare, plot_conflicts
+from gradlab.plot._layout import axes_figure, legend_below
+from gradlab.plot._tables import comparison_table, table_to_csv, table_to_latex
+
+__all__ = ["run_figures", "comparison_figures", "write_figures", "write_comparison",
+           "RUN_FIGURES"]
+
+Maker = Callable[[], Figure]
+
+#: one-axes figures of a run: (file name, axes-level function, keyword arguments)
+RUN_FIGURES: tuple[tuple[str, Callable, dict], ...] = (
+    ("training_curves", _axes.training_curves, {}),
+    ("training_loss", _axes.training_curves, {"kind": "loss"}),
+    ("cosine_train", _axes.cosine_over_training, {"source": "train"}),
+    ("cosine_probe", _axes.cosine_over_training, {"source": "probe"}),
+    ("conflict_rate", _axes.conflict_rate, {}),
+    ("projection_rate", _axes.projection_rate, {}),
+    ("task_weights", _axes.task_weights, {}),
+    ("s_conflict", _summaries.s_conflict_bars, {}),
+    ("cosine_distribution", _summaries.cosine_distribution, {}),
+    ("gradient_norms", _axes.gradient_norms, {}),
+    ("magnitude_similarity", _axes.magnitude_similarity, {}),
+    ("condition_number", _axes.condition_number, {}),
+    ("gradient_arrows", gradient_arrows, {"source": "probe"}),
+    ("gradient_arrows_pair", gradient_arrows, {"source": "probe", "basis": "pair"}),
+)
+
+
+def run_figures(run) -> dict[str, Callable[[str | float], Figure]]:
+    """Every figure of one run: file name -> function of the width that builds it."""
+    figures: dict[str, Callable[[str | float], Figure]] = {
+        "conflicts": lambda width: plot_conflicts(run, width=width)
+    }
+    for pair in pairs_of(run, "probe"):
+        figures[f"layer_heatmap_{pair}"] = _one(_axes.layer_heatmap, run, pair=pair,
+                                                source="probe")  # fmt: skip
+    for name, fn, kwargs in RUN_FIGURES:
+        figures[name] = _one(fn, run, **kwargs)
+    return figures
+
+
+def comparison_figures(runs) -> dict[str, Callable[[str | float], Figure]]:
+    """The figures comparing ``runs`` (Runs): the comparison, per-pair probe cosines,
+    conflict rates and cosine distributions, training curves, and each run's dashboard and
+    arrow diagram."""
+    figures: dict[str, Callable[[str | float], Figure]] = {
+        "compare": lambda width: compare(runs, width=width)[0]
+    }
+    # one file per pair: methods x pairs x seed bands in one axes is unreadable past 2 methods
+    for pair in pairs_of(runs, "probe"):
+        figures[f"cosine_probe_{pair}"] = _one(_axes.cosine_over_training, runs,
+                                               source="probe", pair=pair)  # fmt: skip
+        figures[f"conflict_rate_probe_{pair}"] = _one(_axes.conflict_rate, runs,
+                                                      source="probe", pair=pair)  # fmt: skip
+        figures[f"cosine_distribution_{pair}"] = _one(_summaries.cosine_distribution, runs,
+                                                      source="probe", pair=pair)  # fmt: skip
+    figures["training_curves"] = _one(_axes.training_curves, runs)
+    figures["training_loss"] = _one(_axes.training_curves, runs, kind="loss")
+    for one in runs.runs:
+        figures[f"conflicts_{one.name}"] = lambda width, one=one: plot_conflicts(one, width=width)
+        figures[f"gradient_arrows_{one.name}"] = _one(gradient_arrows, one, source="probe")
+    return figures
+
+
+def write_figures(
+    figures: dict[str, Callable[[str | float], Figure]],
+    out: str | Path,
+    width: str | float = "icml-column",
+    formats: Sequence[str] = ("pdf", "png"),
+) -> list[Path]:
+    """Build each figure at ``width`` and export it under ``out``; returns the written files.
+
+    A figure the data cannot give (e.g. projection rates of a summed-loss run) is skipped
+    with a line on stderr naming the reason.
+    """
+    out = Path(out)
+    written: list[Path] = []
+    for name, make in figures.items():
+        try:
+            fig = make(width)
+        except (ValueError, KeyError) as err:
+            print(f"skipped {name}: {err}", file=sys.stderr)
+            plt.close("all")
+            continue
+        try:
+            written += export(fig, out / name, width=width, formats=formats)
+        finally:
+            plt.close(fig)
+    return written
+
+
+def write_comparison(runs, out: str | Path, width: str | float = "icml-page") -> list[Path]:
+    """`comparison_figures` plus the comparison table as CSV and LaTeX."""
+    out = Path(out)
+    written = write_figures(comparison_figures(runs), out, width)
+    table = comparison_table(runs)
+    written += [table_to_csv(table, out / "compare.csv")]
+    table_to_latex(table, out / "compare.tex")
+    return [*written, out / "compare.tex"]
+
+
+def pairs_of(data, source: str) -> list[str]:
+    """Task pairs with cosines from ``source`` in a Run or Runs, in the project's order."""
+    try:
+        cos = data.cosines(source=source)
+    except ValueError:
+        return []
+    return _data.order_pairs(cos["pair"].unique()) if len(cos) else []
+
+
+def _one(fn: Callable, data, **kwargs) -> Callable[[str | float], Figure]:
+    """A maker of a one-Axes figure of ``fn(data, **kwargs)`` at a width: the legend goes
+    under the Axes at column widths, where beside it would squeeze the data."""
+
+    def make(width):
+        # the arrow diagram has an equal aspect: a squarer figure gives it more room
+        fig, ax = axes_figure(width, aspect=1.0 if fn is gradient_arrows else None)
+        with _theme.theme_context(_theme.font_scale_for(resolve_width(width))):
+            fn(data, ax=ax, **kwargs)
+            if resolve_width(width) < 4 and fn is not gradient_arrows:  # its own is inside
+                legend_below(fig, [ax], fontsize="small")
+        return fig
+
+    return make
