@@ -5,6 +5,11 @@ one vectorised call per (source, block) over the stacked Gramians [N, T, T]. Eve
 re-reads the store through its `gradlab.store_reader.StoreReader` (which owns the SQL), so a
 notebook sees the rows a running trainer has committed since the last call.
 
+Calibrated statistics (`expected_cosines`, `within_task_cosines`, `noise_scale`) come from
+the replicate probes' Gramians [K*T, K*T] through `gradlab.calibration`, pooled over a window
+of probe steps, with columns estimate, lo, hi (jackknife interval), n and a reason where
+undetermined; the raw accessors (`cosines`, ...) read the [T, T] Gramians as before.
+
 Frames are long-form, identity columns first (run, method, seed, schedule). Unordered task
 pairs are named "a-b" in task order ("sst-para"), ordered PCGrad pairs "i→j" ("sst→para").
 
