@@ -200,7 +200,8 @@ def make_probe(s: bench.Setup, engine, store_root: Path, seq_len: int):
     from gradlab.probe import probe
     from gradlab.store import RunWriter
 
-    parts = dataclasses.replace(s.parts, engine=engine)
+    parts = dataclasses.replace(s.parts, engine=engine,
+                                probe_replicates=s.cfg.probe_replicates)  # K batches per task
     writer = RunWriter(store_root / "probe", name="probe", config={}, tasks=s.tasks,
                        blocks=[(b.name, b.numel) for b in engine.blocks], method="pcgrad",
                        seed=s.cfg.seed, schedule="joint")
@@ -212,7 +213,7 @@ def make_probe(s: bench.Setup, engine, store_root: Path, seq_len: int):
         if result.fault is not None:
             raise FloatingPointError(f"probe: {result.fault}")
         monitor.probe(state["step"], result.block_gramians, result.losses,
-                      result.counterfactuals)
+                      result.counterfactuals, replicate_gramians=result.replicate_gramians)
         state["step"] += 1
 
     probe_step.close = writer.close  # type: ignore[attr-defined]

@@ -43,7 +43,7 @@ from gradlab.engine import GradientEngine
 from gradlab.evaluate import EvalSet
 from gradlab.methods import METHODS, Method, get_method
 from gradlab.model import MultitaskModel, block_name, load_encoder, load_tokenizer
-from gradlab.probe import probe_indices
+from gradlab.probe import probe_batch
 from gradlab.schedules import Schedule, get_schedule
 from gradlab.seeding import derive_seed
 from gradlab.step import TaskLoss
@@ -55,8 +55,11 @@ class Parts:
     """Everything one run trains with; ``train_step`` and ``probe`` read it, never a config.
 
     train_sets / dev_sets: task -> EvalSet; batchers: task -> TaskBatcher (index batches);
-    probe_batches: task -> the fixed probe batch (model inputs on the device); total_steps:
-    optimizer steps of the run; head_params: every task head's parameters.
+    probe_batches: task -> replicate 0 of probe step 0 (`gradlab.probe.probe_batch`; hand-built
+    parts without training sets probe on these fixed batches); total_steps: optimizer steps
+    of the run; head_params: every task head's parameters. seed, probe_batch_size and
+    probe_replicates (K) name the probe batches; probe_engine: the K*T-row engine of the
+    probes (allocated by the first probe when K > 1, `gradlab.probe.probe_engine`).
     """
 
     tasks: list[str]
@@ -80,6 +83,10 @@ class Parts:
     max_grad_norm: float | None
     device: str
     dist: DistInfo = DistInfo()
+    seed: int = 0
+    probe_batch_size: int = 16
+    probe_replicates: int = 1
+    probe_engine: GradientEngine | None = None
 
     @property
     def head_params(self) -> list[torch.nn.Parameter]:
@@ -133,11 +140,9 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
         engine=engine, optimizer=optimizer, scheduler=scheduler, method_name=cfg.method,
         method=method, counterfactuals=counterfactuals, schedule=schedule, total_steps=total,
         loss=_loss(cfg), max_length=cfg.max_length, max_grad_norm=cfg.max_grad_norm,
-        device=cfg.device, dist=dist)
-    parts.probe_batches = {
-        t: parts.batch(t, probe_indices(len(train_sets[t].tokenized), cfg.probe_batch_size,
-                                        cfg.seed, t))
-        for t in tasks}
+        device=cfg.device, dist=dist, seed=cfg.seed, probe_batch_size=cfg.probe_batch_size,
+        probe_replicates=cfg.probe_replicates)
+    parts.probe_batches = {t: probe_batch(parts, 0, t, 0) for t in tasks}
     return parts
 
 

@@ -102,6 +102,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate on dev every N steps (0: only at the end)
     probe_every: int = 25  # compute all task gradients on fixed probe batches every N steps
     probe_batch_size: int = 16
+    probe_replicates: int = 2  # K independent probe batches per task (K >= 2: calibration)
     counterfactual_methods: list[str] = field(default_factory=lambda: ["sum", "mean", "pcgrad"])
     measure_counterfactual: bool = False  # virtual step per method on probe steps (costly)
     log_train_gramians: bool = True  # log the Gramian of every joint training step

@@ -133,7 +133,8 @@ def _choice_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
 #: integer keys -> smallest allowed value (None: the key may also be null)
 _INT_RANGES = {"steps": 1, "batch_size": 1, "eval_batch_size": 1, "max_length": 8,
                "probe_batch_size": 1, "eval_every": 0, "probe_every": 0, "checkpoint_every": 0,
-               "keep_checkpoints": 0, "train_limit": 1, "dev_limit": 1, "threads": 1}
+               "keep_checkpoints": 0, "train_limit": 1, "dev_limit": 1, "threads": 1,
+               "probe_replicates": 1}
 #: number keys -> (low, low inclusive, high, high inclusive)
 _FLOAT_RANGES = {"lr": (0, False, math.inf, False), "weight_decay": (0, True, math.inf, False),
                  "encoder_lr": (0, False, math.inf, False),

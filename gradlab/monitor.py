@@ -51,11 +51,17 @@ class Monitor:
 
     def probe(self, step: int, block_gramians: torch.Tensor, losses: torch.Tensor,
               counterfactuals: Mapping[str, tuple[torch.Tensor, torch.Tensor,
-                                                  torch.Tensor | None]]) -> None:
-        """A probe: all tasks' Gramians [B, T, T] on the fixed batches, their losses [T], and
-        for each hypothetical method its weights [T], predicted and measured loss change [T]."""
+                                                  torch.Tensor | None]], *,
+              replicate_gramians: torch.Tensor | None = None) -> None:
+        """A probe: replicate 0's Gramians [B, T, T] and losses [T], for each hypothetical
+        method its weights [T], predicted and measured loss change [T], and (when given) the
+        Gramians [B, K*T, K*T] of all K replicate batches per task, rows replicate-major."""
         self.writer.log_gramians(step, "probe", block_gramians.numpy(), self.block_names,
                                  self.tasks)
+        if replicate_gramians is not None:
+            K = replicate_gramians.shape[-1] // len(self.tasks)
+            self.writer.log_replicate_gramians(step, replicate_gramians.numpy(),
+                                               self.block_names, self.tasks, K)
         for task, loss in zip(self.tasks, losses.tolist(), strict=True):
             self.writer.log_scalars(step, {"probe_loss": loss}, task=task)
         for name, (w, predicted, measured) in counterfactuals.items():

@@ -19,11 +19,15 @@ __all__ = ["COLUMNS", "IDENTITY", "empty", "finish", "pair_frame", "step_frame",
 
 IDENTITY = ("run", "method", "seed", "schedule")
 
-INT_COLUMNS = {"step", "seed", "count", "steps"}
+INT_COLUMNS = {"step", "seed", "count", "steps", "first_step", "n"}
 FLOAT_COLUMNS = {
     "value", "conflict", "conflict_rate", "share", "coefficient", "cosine", "projected", "rate",
-    "weight", "predicted_delta", "measured_delta",
+    "weight", "predicted_delta", "measured_delta", "estimate", "lo", "hi", "level",
 }
+#: the columns of a calibrated estimate (`gradlab.calibration`): the window of probe steps
+#: pooled is [first_step, step]; n = replicate batches per task pooled; reason: why the
+#: estimate is NaN (undetermined) or has no interval, "" when fine
+_ESTIMATE = ("estimate", "lo", "hi", "n", "level", "units", "reason")
 COLUMNS = {  # accessor -> its columns after the identity columns
     "cosines": ("source", "step", "block", "pair", "task_a", "task_b", "value"),
     "norms": ("source", "step", "block", "task", "value"),
@@ -42,6 +46,10 @@ COLUMNS = {  # accessor -> its columns after the identity columns
     "evals": ("step", "split", "task", "metric", "value"),
     "counterfactuals": ("step", "counterfactual", "task", "weight", "predicted_delta",
                         "measured_delta"),
+    "expected_cosines": ("step", "first_step", "block", "pair", "task_a", "task_b",
+                         *_ESTIMATE),
+    "within_task_cosines": ("step", "first_step", "block", "task", *_ESTIMATE),
+    "noise_scale": ("step", "first_step", "block", "task", *_ESTIMATE),
 }
 
 

@@ -38,8 +38,8 @@ import pandas as pd
 from gradlab import rundir
 from gradlab.store_schema import COLUMNS, SCHEMA_VERSION, StoreError, store_file
 
-__all__ = ["RUN_STATUSES", "GramianSeries", "StoreReader", "open_store_readonly", "read_meta",
-           "run_status"]
+__all__ = ["RUN_STATUSES", "GramianSeries", "ReplicateSeries", "StoreReader",
+           "open_store_readonly", "read_meta", "run_status"]
 
 #: What `run_status` (and `Run.status`) report. 'running': a process holds the run lock and
 #: writes the run; 'dead': the store says running but no process holds the lock (the writer
@@ -129,6 +129,18 @@ class GramianSeries:
     G: np.ndarray  # [N, T, T] float64
 
 
+@dataclass
+class ReplicateSeries:
+    """The replicate Gramians of one (block, task set, K): rows replicate-major (row a*T + i
+    is replicate a of task i)."""
+
+    block: str
+    tasks: list[str]
+    replicates: int
+    steps: np.ndarray  # [N] int64, ascending, unique
+    G: np.ndarray  # [N, K*T, K*T] float64
+
+
 class StoreReader:
     """The queries of one run store; every method reads through a fresh read-only connection.
 
@@ -208,6 +220,36 @@ class StoreReader:
             return [s for (s,) in conn.execute(
                 "SELECT DISTINCT step FROM gramians WHERE source = ? AND block = ? ORDER BY step",
                 (source, block))]
+
+    def replicate_gramians(self, blocks: Sequence[str]) -> list[ReplicateSeries]:
+        """Every logged replicate Gramian of ``blocks``, stacked per (block, task set, K) in
+        order of first appearance (none in a store written before replicate probes)."""
+        if not blocks:
+            return []
+        with self._connect() as conn:
+            try:
+                rows = conn.execute(
+                    f"SELECT step, block, tasks, replicates, data FROM replicate_gramians "
+                    f"WHERE block IN ({_marks(blocks)}) ORDER BY rowid", list(blocks)).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):
+                    return []
+                raise
+        collected: dict[tuple[str, str, int], tuple[list[int], list[bytes]]] = {}
+        for step, block, tasks, replicates, data in rows:
+            steps, datas = collected.setdefault((block, tasks, int(replicates)), ([], []))
+            steps.append(step)
+            datas.append(data)
+        series = []
+        for (block, tasks_json, K), (steps, datas) in collected.items():
+            tasks = json.loads(tasks_json)
+            G = self._decode(b"".join(datas), K * len(tasks))
+            steps = np.asarray(steps, dtype=np.int64)
+            order = np.argsort(steps, kind="stable")
+            steps, G = steps[order], G[order]
+            last = np.r_[steps[1:] != steps[:-1], True]  # a re-logged step: keep the last row
+            series.append(ReplicateSeries(block, tasks, K, steps[last], G[last]))
+        return series
 
     # -- logged facts --------------------------------------------------------------------------
 

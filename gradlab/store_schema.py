@@ -8,6 +8,9 @@ neither imports the other's internals. Tables (every row carries its optimizer `
                      status, schema_version, created_at, resumed_at, ended_at, ...
     scalars          step, name, task, value            (task '' for global scalars)
     gramians         step, source, block, tasks, data   (data: float64 [T, T], little endian)
+    replicate_gramians  step, block, tasks, replicates, data   (a probe's K replicate batches
+                     per task: data float64 [K*T, K*T], rows replicate-major, row a*T + i =
+                     replicate a of task i; the 'probe' Gramian is replicate 0's [T, T])
     weights          step, source, method, block, task, value   (block '' for whole-update)
     projections      step, block, task_i, task_j, coefficient, cosine
     evals            step, split, task, metric, value
@@ -43,6 +46,7 @@ ENCODER = "encoder"  # the pseudo-block whose Gramian is the sum of the block Gr
 COLUMNS: dict[str, tuple[str, ...]] = {
     "scalars": ("step", "name", "task", "value"),
     "gramians": ("step", "source", "block", "tasks", "data"),
+    "replicate_gramians": ("step", "block", "tasks", "replicates", "data"),
     "weights": ("step", "source", "method", "block", "task", "value"),
     "projections": ("step", "block", "task_i", "task_j", "coefficient", "cosine"),
     "evals": ("step", "split", "task", "metric", "value"),
@@ -51,6 +55,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 _TYPES = {
     "step": "INTEGER", "value": "REAL", "coefficient": "REAL", "cosine": "REAL",
+    "replicates": "INTEGER",
     "weight": "REAL", "predicted_delta": "REAL", "measured_delta": "REAL", "data": "BLOB",
 }
 SCHEMA = [
@@ -63,6 +68,7 @@ SCHEMA = [
     ),
     *(f"CREATE INDEX IF NOT EXISTS {t}_step ON {t}(step)" for t in COLUMNS),
     "CREATE INDEX IF NOT EXISTS gramians_series ON gramians(source, block, step)",
+    "CREATE INDEX IF NOT EXISTS replicate_gramians_series ON replicate_gramians(block, step)",
 ]
 
 

@@ -120,7 +120,7 @@ class RunWriter:
                 self._check_resumable()
                 meta["resumed_at"] = _now()
                 del meta["name"]
-                self._write_meta(meta)
+                self._write_meta(meta, schema=True)  # tables added since it was created
             else:
                 # Schema and meta in one transaction: a reader never sees a store without meta.
                 meta.update(schema_version=SCHEMA_VERSION, created_at=_now())
@@ -162,6 +162,34 @@ class RunWriter:
             rows.append((step, source, name, tasks_json, np.ascontiguousarray(g).tobytes()))
         encoder = np.ascontiguousarray(G.sum(axis=0), dtype="<f8")
         rows.append((step, source, ENCODER, tasks_json, encoder.tobytes()))
+
+    def log_replicate_gramians(self, step: int, block_gramians: np.ndarray,
+                               block_names: Sequence[str], tasks: Sequence[str],
+                               replicates: int) -> None:
+        """A probe's per-block Gramians [B, K*T, K*T] of K replicate batches per task (rows
+        replicate-major: row a*T + i is replicate a of task i), plus block 'encoder' = their
+        sum. Replicate 0's [T, T] block is what `log_gramians(step, "probe", ...)` logs."""
+        tasks = self._check_tasks(tasks)
+        if isinstance(replicates, bool) or int(replicates) != replicates or replicates < 1:
+            raise ValueError(f"replicates must be an integer >= 1, got {replicates!r}")
+        G = np.asarray(block_gramians, dtype="<f8")
+        block_names = list(block_names)
+        n = int(replicates) * len(tasks)
+        if G.shape != (len(block_names), n, n):
+            raise ValueError(
+                f"block_gramians must have shape [B={len(block_names)}, K*T={n}, K*T={n}] for "
+                f"{len(block_names)} blocks, K={replicates} and tasks {tasks}, got {G.shape}")
+        if sorted(block_names) != sorted(self._block_names):
+            raise ValueError(f"block_names must name every block of the run once "
+                             f"{self._block_names}, got {block_names}")
+        step = self._note_step(step)
+        tasks_json = json.dumps(tasks)
+        rows = self._rows["replicate_gramians"]
+        for name, g in zip(block_names, G, strict=True):
+            rows.append((step, name, tasks_json, int(replicates),
+                         np.ascontiguousarray(g).tobytes()))
+        encoder = np.ascontiguousarray(G.sum(axis=0), dtype="<f8")
+        rows.append((step, ENCODER, tasks_json, int(replicates), encoder.tobytes()))
 
     def log_weights(self, step: int, source: str, method: str, weights: np.ndarray,
                     tasks: Sequence[str], block_names: Sequence[str] | None = None) -> None:

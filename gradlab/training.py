@@ -175,7 +175,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                                measure=cfg.measure_counterfactual)
                 if probed.fault is None:
                     monitor.probe(step, probed.block_gramians, probed.losses,
-                                  probed.counterfactuals)
+                                  probed.counterfactuals,
+                                  replicate_gramians=probed.replicate_gramians)
                 else:
                     _nonfinite(cfg.nonfinite, f"step {step}: probe: {probed.fault}", "probe",
                                checkpoints)

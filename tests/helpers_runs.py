@@ -99,6 +99,13 @@ def make_synthetic_run(
                     vectors[f"probe|{step}|{b}"] = Jb
                 Gb = np.stack([Jb @ Jb.T for Jb in J])
                 writer.log_gramians(step, "probe", Gb, blocks, tasks)
+                # a second replicate batch per task from its own generator (the draws above
+                # stay as they were); rows replicate-major: [J (replicate 0); J1]
+                J1 = _draw_gradients(np.random.default_rng([rng_seed, seed, step]), T, blocks,
+                                     numel, progress)
+                Jr = [np.concatenate([a, b]) for a, b in zip(J, J1, strict=True)]
+                writer.log_replicate_gramians(step, np.stack([Jb @ Jb.T for Jb in Jr]),
+                                              blocks, tasks, 2)
                 G = Gb.sum(0)
                 for counterfactual in ("sum", "mean", "pcgrad"):
                     w, _ = _method(counterfactual, Gb, blocks, rng)

@@ -125,10 +125,10 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_the_last_good_checkpoint(
 
 def test_skip_counts_skipped_steps_and_probes_in_the_store_and_the_handle(tmp_path):
     values = config(tmp_path, "skip", nonfinite="skip", probe_every=3)
-    # four NaN backward passes after step 2: the probe of step 3 (sst, para, sts), then
-    # step 3's first task
+    # seven NaN backward passes after step 2: the probe of step 3 (2 replicates of sst, para,
+    # sts), then step 3's first task
     with pytest.warns(RuntimeWarning) as caught:
-        handle = train(values, nan_gradient_after(2, "layer.0", times=4))
+        handle = train(values, nan_gradient_after(2, "layer.0", times=7))
     messages = [str(w.message) for w in caught]
     assert ("step 3: probe: non-finite gradient of task 'sst' in block 'layer.0' -- probe "
             "skipped") in messages

@@ -1,4 +1,5 @@
-"""Probes: fixed batches named by (seed, keys), all task gradients without changing anything."""
+"""Probes: batches named by (seed, step, task, replicate), all task gradients without changing
+anything."""
 
 from __future__ import annotations
 
@@ -75,9 +76,9 @@ def test_probe_reports_a_nan_gradient_naming_task_and_block():
 
 
 @pytest.mark.parametrize("task", ["sst", "sts"])
-def test_probe_batches_are_the_fixed_sample_of_the_training_set(task):
+def test_probe_batches_are_replicate_zero_of_step_zero(task):
     parts = tiny_parts()
-    index = probe_indices(len(parts.train_sets[task].tokenized), 4, 0, task)
+    index = probe_indices(len(parts.train_sets[task].tokenized), 4, 0, 0, task, 0)
     expected = parts.batch(task, index)
     got = parts.probe_batches[task]
     assert got.keys() == expected.keys()

@@ -34,6 +34,12 @@ DOCUMENTED = {  # the spec's columns after the identity columns
     "evals": ["step", "split", "task", "metric", "value"],
     "counterfactuals": ["step", "counterfactual", "task", "weight", "predicted_delta",
                         "measured_delta"],
+    "expected_cosines": ["step", "first_step", "block", "pair", "task_a", "task_b",
+                         "estimate", "lo", "hi", "n", "level", "units", "reason"],
+    "within_task_cosines": ["step", "first_step", "block", "task", "estimate", "lo", "hi", "n",
+                            "level", "units", "reason"],
+    "noise_scale": ["step", "first_step", "block", "task", "estimate", "lo", "hi", "n",
+                    "level", "units", "reason"],
 }
 
 

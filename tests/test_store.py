@@ -410,3 +410,33 @@ def test_context_manager_records_failure(tmp_path):
         raise RuntimeError("boom")
     assert rows(tmp_path / "fail", "SELECT value FROM meta WHERE key='status'") == [("failed",)]
     assert rows(tmp_path / "fail", "SELECT COUNT(*) FROM scalars") == [(1,)]
+
+
+def test_replicate_gramians_round_trip_and_shape_checks(tmp_path):
+    rng = np.random.default_rng(3)
+    J = rng.normal(size=(3, 6, 5))  # 3 blocks, K*T = 2*3 rows
+    G = np.einsum("bip,bjp->bij", J, J)
+    with new_writer(tmp_path / "r") as w:
+        with pytest.raises(ValueError, match=r"K\*T=6"):
+            w.log_replicate_gramians(0, G[:, :3, :3], BLOCK_NAMES, ["sst", "para", "sts"], 2)
+        with pytest.raises(ValueError, match="replicates"):
+            w.log_replicate_gramians(0, G, BLOCK_NAMES, ["sst", "para", "sts"], 0)
+        w.log_replicate_gramians(4, G, BLOCK_NAMES, ["sst", "para", "sts"], 2)
+    series = {s.block: s for s in store.StoreReader(tmp_path / "r").replicate_gramians(
+        [*BLOCK_NAMES, "encoder"])}
+    assert series["encoder"].replicates == 2 and series["encoder"].steps.tolist() == [4]
+    np.testing.assert_array_equal(series["layer.0"].G[0], G[1])
+    np.testing.assert_allclose(series["encoder"].G[0], G.sum(0))
+
+
+def test_a_store_without_the_replicate_table_reads_as_no_replicates(tmp_path):
+    with new_writer(tmp_path / "old") as w:
+        w.log_scalars(0, {"loss": 1.0}, task="sst")
+    with sqlite3.connect(tmp_path / "old" / "run.sqlite") as conn:
+        conn.execute("DROP TABLE replicate_gramians")  # as written before replicate probes
+    assert store.StoreReader(tmp_path / "old").replicate_gramians(["encoder"]) == []
+    assert load_run(tmp_path / "old").expected_cosines().empty
+    with new_writer(tmp_path / "old", resume=True) as w:  # resuming adds the table
+        w.log_replicate_gramians(1, np.zeros((len(BLOCKS), 3, 3)), BLOCK_NAMES,
+                                 ["sst", "para", "sts"], 1)
+    assert len(store.StoreReader(tmp_path / "old").replicate_gramians(["encoder"])) == 1
