@@ -7,8 +7,6 @@ every method reduces to that task's gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 
 class Schedule:
     """Maps an optimizer step to the indices of the tasks that take part in it."""
@@ -59,24 +57,15 @@ class RoundRobin(Schedule):
 
 class Sequential(Schedule):
     """One task at a time for a contiguous share of the steps: all of task 0, then task 1 ...
-
-    ``steps_per_task`` gives each task's share; by default the steps are split evenly
-    (the first ``steps % T`` tasks get one extra step).
-    """
+    The steps are split evenly (the first ``steps % T`` tasks get one extra step)."""
 
     name = "sequential"
 
-    def __init__(self, num_tasks: int, steps: int, steps_per_task: Sequence[int] | None = None):
+    def __init__(self, num_tasks: int, steps: int):
         super().__init__(num_tasks, steps)
-        if steps_per_task is None:
-            base, extra = divmod(steps, num_tasks)
-            steps_per_task = [base + (i < extra) for i in range(num_tasks)]
-        if len(steps_per_task) != num_tasks or sum(steps_per_task) != steps:
-            raise ValueError(
-                f"steps_per_task={list(steps_per_task)} must have {num_tasks} entries "
-                f"summing to steps={steps}"
-            )
-        self.boundaries = [sum(steps_per_task[: i + 1]) for i in range(num_tasks)]
+        base, extra = divmod(steps, num_tasks)
+        shares = [base + (i < extra) for i in range(num_tasks)]
+        self.boundaries = [sum(shares[: i + 1]) for i in range(num_tasks)]
 
     def active_tasks(self, step: int) -> list[int]:
         for task, end in enumerate(self.boundaries):

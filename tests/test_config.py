@@ -28,7 +28,6 @@ from gradlab.data import DEFAULT_FILES
 from gradlab.inference import evaluate_checkpoint
 from gradlab.methods import METHODS
 from gradlab.run import load_run
-from gradlab.schedules import Joint, RoundRobin, Sequential, get_schedule
 from gradlab.training import train
 
 
@@ -87,19 +86,6 @@ def test_missing_file_and_non_mapping(tmp_path):
 def test_every_field_has_a_default():
     assert TrainConfig() is not None
     assert "method" in config_keys() and "probe_every" in config_keys()
-
-
-def test_schedules_order_tasks():
-    rr = get_schedule("round_robin", 3, 7)
-    assert isinstance(rr, RoundRobin)
-    assert [rr.active_tasks(s) for s in range(7)] == [[0], [1], [2], [0], [1], [2], [0]]
-    assert Joint(3, 5).active_tasks(4) == [0, 1, 2] and Joint(3, 5).is_joint
-    seq = Sequential(3, 7)
-    assert [seq.active_tasks(s)[0] for s in range(7)] == [0, 0, 0, 1, 1, 2, 2]
-    with pytest.raises(ValueError, match="schedule='x'"):
-        get_schedule("x", 3, 5)
-    with pytest.raises(ValueError, match="summing to steps"):
-        Sequential(2, 5, [1, 1])
 
 
 # --- one parse: file + overrides merged, then validated ------------------------------------------
