@@ -84,9 +84,7 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
         return
-    if run_dir.exists() and (not run_dir.is_dir()
-                             or any(p.name != _LOCK and not _TEMPORARY.fullmatch(p.name)
-                                    for p in run_dir.iterdir())):
+    if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
         raise FileExistsError(
             f"the run folder {run_dir} already exists; continue that run with "
             f"`gradlab train --resume {run_dir}` (Python: train(..., resume=True)) or choose "
@@ -117,6 +115,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 #: the temporary files of `write_atomic` (and of sweep tables): ``.<name>.tmp<pid>``
 _TEMPORARY = re.compile(r"\..+\.tmp\d+")
+
+
+def holds_run(run_dir: Path | str) -> bool:
+    """True when the folder ``run_dir`` holds anything of a run: more than its lock file and
+    the temporary files of writers killed before they renamed them."""
+    return any(p.name != _LOCK and not _TEMPORARY.fullmatch(p.name)
+               for p in Path(run_dir).iterdir())
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
@@ -216,7 +221,8 @@ class RunLock:
             if held[1] == 0:
                 del _HELD[key]
                 self.file.close()  # releases the lock
-        if self.created and [p.name for p in self.run_dir.iterdir()] == [_LOCK]:
+        if (self.created and self.run_dir.is_dir()
+                and [p.name for p in self.run_dir.iterdir()] == [_LOCK]):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
@@ -224,5 +230,5 @@ def _key(run_dir: Path) -> Path:
     return Path(run_dir).resolve()  # one key however the folder is spelled (relative, symlink)
 
 
-__all__ = ["LOCKS_SUPPORTED", "RunLock", "RunLockedError", "check_run_folder", "is_locked",
-           "remove_leftovers", "replace", "write_atomic", "write_point"]
+__all__ = ["LOCKS_SUPPORTED", "RunLock", "RunLockedError", "check_run_folder", "holds_run",
+           "is_locked", "remove_leftovers", "replace", "write_atomic", "write_point"]
