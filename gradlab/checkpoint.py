@@ -154,6 +154,7 @@ def _finish_unit(folder: Path) -> list[str]:
     os.unlink(manifest)
     write_point(f"removed {manifest}")
     shutil.rmtree(stage, ignore_errors=True)
+    write_point(f"removed {stage}")
     return actions
 
 
@@ -270,6 +271,7 @@ def rotate_checkpoints(folder: str | Path, keep: int, step: int) -> list[Path]:
     removed = [p for _, p in periodic if p not in kept]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
+        write_point(f"rotated away {p}")
     return removed
 
 
