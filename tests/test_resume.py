@@ -357,3 +357,67 @@ def test_sigkilled_run_resumes_exactly(tmp_path):
         reference = gradlab.train(None, **config(tmp_path, "uninterrupted", steps=16))
     print(f"killed once step {kill_at} was logged; resumed from step {resumed_from}")
     assert_same_run(tmp_path / "killed", reference.path)
+
+
+# --- kills between the writes of a run (the kill-point harness: tests/test_kill_points.py) ---
+
+
+def test_a_crash_between_the_checkpoints_of_one_step_loses_none_of_them(tmp_path,
+                                                                        monkeypatch):
+    # eval and checkpoint only at the final step: best and last are one unit there. A crash
+    # after best is in place but before last is must still end with both (before: resumed
+    # from best at the final step and never wrote last).
+    values = config(tmp_path, "unit", eval_every=0, checkpoint_every=0, steps=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        reference = gradlab.train(None, **{**values, "name": "unit-reference"}).path
+    real = ckpt.replace
+
+    def crash_before_last(src, dst):
+        if Path(dst).name == "last":
+            raise Crash(f"killed before {src} -> {dst}")
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt, "replace", crash_before_last)
+    with pytest.raises(Crash), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        gradlab.train(None, **values)
+    monkeypatch.setattr(ckpt, "replace", real)
+    folder = tmp_path / "unit" / "checkpoints"
+    assert (folder / "best").is_dir() and not (folder / "last").exists()
+    with pytest.warns(RuntimeWarning, match="completed the save of .*last"):
+        handle = resume(values)
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last"]
+    assert_same_run(handle.path, reference)
+
+
+def test_a_folder_left_before_the_config_was_renamed_is_trained_again(tmp_path):
+    values = config(tmp_path, "early", steps=2, eval_every=0, checkpoint_every=0)
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    (run_dir / ".lock").touch()
+    (run_dir / ".config.yaml.tmp4242").write_text("name: early\n")  # killed before the rename
+    handle = gradlab.train(None, **values)
+    assert handle.load().status == "finished"
+    assert not (run_dir / ".config.yaml.tmp4242").exists()
+    with pytest.raises(FileExistsError, match="already exists"):  # a real run is still refused
+        gradlab.train(None, **values)
+
+
+def test_leftovers_of_a_kill_are_cleaned_when_the_run_continues(tmp_path):
+    # killed after its final step-4 was saved, before it rotated step-2 away and before it
+    # renamed its metrics.json: the resumed run removes both
+    values = config(tmp_path, "left", steps=4, eval_every=0, checkpoint_every=2,
+                    keep_checkpoints=1)
+    first = gradlab.train(None, **values)
+    folder = first.path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last", "step-4"]
+    shutil.copytree(folder / "step-4", folder / "step-2")
+    (first.path / ".metrics.json.tmp999").write_text("{}")
+    with sqlite3.connect(first.path / "run.sqlite") as con:
+        con.execute("UPDATE meta SET value = 'running' WHERE key = 'status'")
+    before = store_rows(first.path)
+    again = resume(values)
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last", "step-4"]
+    assert not (first.path / ".metrics.json.tmp999").exists()
+    assert store_rows(again.path) == before
