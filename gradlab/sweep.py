@@ -284,7 +284,7 @@ def _run_locked(run: SweepRun, run_dir: Path, runs_dir: Path, prefix: str,
     action = "ran"
     resume = False
     if status is not None:
-        if _has_checkpoint(run_dir):
+        if _has_checkpoint(run_dir, prefix):
             action, resume = "resumed", True
         else:
             moved = _move_aside(run_dir, runs_dir, locks)
@@ -320,13 +320,14 @@ def _lock(run_dir: Path, locks: list) -> None:
     locks.append(lock)
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run has a checkpoint to resume from (last, best or step-N; a save a kill
-    interrupted after its commit point counts: resuming finishes it)."""
+def _has_checkpoint(run_dir: Path, prefix: str) -> bool:
+    """Whether the run has a checkpoint to resume from (last, best or step-N), once the
+    checkpoint saves a kill interrupted are finished or undone."""
     from gradlab.checkpoint import recover_checkpoints
 
     folder = run_dir / "checkpoints"
-    recover_checkpoints(folder)
+    for action in recover_checkpoints(folder):
+        print(f"{prefix} {action}", flush=True)
     return folder.is_dir() and any(
         (p / "state.json").is_file() for p in folder.iterdir()
         if p.name in ("last", "best") or re.fullmatch(r"step-\d+", p.name))

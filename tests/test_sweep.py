@@ -240,6 +240,17 @@ def test_grid_reads_renamed_keys_and_keeps_their_run_names(tmp_path):
     assert [r.config.single_head for r in runs] == ["linear", "mlp"]
 
 
+def test_a_killed_run_with_only_a_best_checkpoint_is_resumed_not_restarted(sweep_args):
+    runs_dir, grid = sweep_args["runs_dir"], ["method=sum"]
+    run_sweep(grid=grid, seeds=[0], **sweep_args)
+    run_dir = runs_dir / "method-sum_seed-0"
+    shutil.rmtree(run_dir / "checkpoints" / "last")  # checkpoint_every=0: best, then last
+    _set_status(run_dir, "running")
+    again = run_sweep(grid=grid, seeds=[0], **sweep_args)
+    assert list(again["action"]) == ["resumed"] and list(again["status"]) == ["finished"]
+    assert not (runs_dir / FAILED).exists()
+
+
 # --- two processes on one runs folder ---------------------------------------------------------
 
 _HOLD_LOCK = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
