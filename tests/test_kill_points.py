@@ -7,7 +7,9 @@ uninterrupted run counts them; then, for every N, a run is killed right after it
 write and continued: ``gradlab train --resume RUN`` when the folder holds a config.yaml,
 else ``gradlab train`` again (the folder holds no run yet). Its parameters (``last`` and
 ``best``, ``torch.equal``), its store (every table, as multisets), its checkpoints table
-and the checkpoint folders must equal the uninterrupted run's.
+and the checkpoint folders must equal the uninterrupted run's. For two kills just after a
+checkpoint save's commit point, the resume (which finishes that save) is killed in turn
+after each of its writes, and resumed again.
 """
 
 from __future__ import annotations
@@ -27,12 +29,10 @@ from gradlab.store import run_status
 
 pytestmark = pytest.mark.slow
 
-#: name -> (config changes, the number of write points of an uninterrupted run). A change in
-#: how a run writes changes these counts: update them, and every new point is then killed.
+#: name -> config changes of the tiny run
 CASES = {
-    "periodic": ({"steps": 8, "eval_every": 4, "checkpoint_every": 4, "keep_checkpoints": 1},
-                 None),
-    "final-only": ({"steps": 8, "eval_every": 0, "checkpoint_every": 0}, None),
+    "periodic": {"steps": 8, "eval_every": 4, "checkpoint_every": 4, "keep_checkpoints": 1},
+    "final-only": {"steps": 8, "eval_every": 0, "checkpoint_every": 0},
 }
 
 
@@ -52,7 +52,7 @@ def _argv(values: dict) -> list[str]:
 def uninterrupted(tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
     """Per case: the uninterrupted run's folder and its write points, in order."""
     out = {}
-    for case, (changes, _) in CASES.items():
+    for case, changes in CASES.items():
         runs = tmp_path_factory.mktemp(f"reference-{case}")
         write_log = runs / "writes.txt"
         code = run_cli(_argv(_values(runs, "run", changes)), log=runs / "out.txt",
@@ -66,7 +66,8 @@ def _points(case: str) -> list[tuple[str, int]]:
     return [(case, n) for n in range(1, _COUNTS[case] + 1)]
 
 
-#: the write points of each case's uninterrupted run (checked by the first test)
+#: the write points of each case's uninterrupted run (checked by the first test). A change in
+#: how a run writes changes these counts: update them, and every new point is then killed.
 _COUNTS = {"periodic": 28, "final-only": 14}
 
 
@@ -81,7 +82,7 @@ def test_the_kill_points_cover_every_write_of_the_run(uninterrupted, case):
 def test_a_run_killed_after_any_write_resumes_to_the_identical_result(tmp_path, uninterrupted,
                                                                       case, kill_after):
     reference, writes = uninterrupted[case]
-    values = _values(tmp_path, "run", CASES[case][0])
+    values = _values(tmp_path, "run", CASES[case])
     log = tmp_path / "out.txt"
     assert run_cli(_argv(values), log=log, kill_after=kill_after) == -9, log.read_text()
     run_dir = tmp_path / "run"
@@ -95,6 +96,44 @@ def test_a_run_killed_after_any_write_resumes_to_the_identical_result(tmp_path, 
     assert code == 0, f"killed after write {kill_after} ({writes[kill_after - 1]}):\n" \
                       + log.read_text()
     _assert_identical(run_dir, reference)
+
+
+#: (case, the write its first run is killed after) -> the write points of the resumed run: a
+#: committed checkpoint save it finishes, then the rest of the run
+_RESUME_COUNTS = {("final-only", 8): 6, ("periodic", 20): 8}
+
+
+def _kill_then(tmp_path: Path, case: str, first: int, **resume) -> tuple[Path, int]:
+    """Kill a run after its ``first`` write, then resume it (with ``run_cli`` options)."""
+    values = _values(tmp_path, "run", CASES[case])
+    log = tmp_path / "out.txt"
+    assert run_cli(_argv(values), log=log, kill_after=first) == -9, log.read_text()
+    run_dir = tmp_path / "run"
+    code = run_cli(["train", "--resume", str(run_dir), "progress=false"], log=log, **resume)
+    return run_dir, code
+
+
+@pytest.mark.parametrize(("case", "first"), list(_RESUME_COUNTS))
+def test_the_kill_points_cover_every_write_of_a_resume(tmp_path, uninterrupted, case, first):
+    write_log = tmp_path / "writes.txt"
+    run_dir, code = _kill_then(tmp_path, case, first, write_log=write_log)
+    assert code == 0, (tmp_path / "out.txt").read_text()
+    writes = write_log.read_text().splitlines()
+    assert len(writes) == _RESUME_COUNTS[case, first], "\n".join(writes)
+    _assert_identical(run_dir, uninterrupted[case][0])
+
+
+@pytest.mark.parametrize(("case", "first", "second"),
+                         [(c, f, n) for (c, f), count in _RESUME_COUNTS.items()
+                          for n in range(1, count + 1)])
+def test_a_resume_killed_after_any_write_resumes_again_to_the_identical_result(
+        tmp_path, uninterrupted, case, first, second):
+    run_dir, code = _kill_then(tmp_path, case, first, kill_after=second)
+    assert code == -9, (tmp_path / "out.txt").read_text()
+    log = tmp_path / "out.txt"
+    code = run_cli(["train", "--resume", str(run_dir), "progress=false"], log=log)
+    assert code == 0, log.read_text()
+    _assert_identical(run_dir, uninterrupted[case][0])
 
 
 def _assert_identical(run_dir: Path, reference: Path) -> None:
