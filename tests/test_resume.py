@@ -347,7 +347,7 @@ def test_sigkilled_run_resumes_exactly(tmp_path):
         process.stderr.close()
     assert process.returncode == -signal.SIGKILL
     killed = gradlab.load_run(tmp_path / "killed")  # the store opens after a kill
-    assert killed.status == "running", f"the run ended before the kill at step {kill_at}"
+    assert killed.status == "dead", f"the run ended before the kill at step {kill_at}"
     resumed_from = ckpt.read_state(tmp_path / "killed" / "checkpoints" / "last")["step"]
     assert resumed_from < 16
 
