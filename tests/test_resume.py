@@ -240,6 +240,51 @@ def test_recover_checkpoints_prefers_the_complete_new_folder(tmp_path):
     assert ckpt.recover_checkpoints(tmp_path) == []
 
 
+def test_save_step_is_all_or_none(tmp_path, monkeypatch):
+    def save(step: int) -> list[Path]:
+        return ckpt.save_step(tmp_path, ["best", f"step-{step}", "last"],
+                              model_state={"w": torch.full((2,), float(step))}, tensors={},
+                              state={"step": step})
+
+    save(2)
+    for name in ckpt.FILES:  # one set of files, linked
+        assert os.path.samefile(tmp_path / "best" / name, tmp_path / "last" / name)
+    real = ckpt.replace
+    # killed just before the commit point: none of step 4's checkpoints exist
+    monkeypatch.setattr(ckpt, "replace", lambda src, dst: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        save(4)
+    monkeypatch.setattr(ckpt, "replace", real)
+    assert ckpt.recover_checkpoints(tmp_path) == [f"removed the uncommitted save "
+                                                  f"{tmp_path / '.save-4'}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "step-2"]
+    assert {ckpt.read_state(tmp_path / k)["step"] for k in ("best", "last")} == {2}
+    # killed after the commit point, between two renames: all of step 4's are finished
+    calls = []
+
+    def crash_on_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the commit, old best aside, new best in, then killed
+            raise Crash()
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt, "replace", crash_on_second_rename)
+    with pytest.raises(Crash):
+        save(4)
+    monkeypatch.setattr(ckpt, "replace", real)
+    assert ckpt.read_state(tmp_path / "best")["step"] == 4
+    assert ckpt.read_state(tmp_path / "last")["step"] == 2 and not (tmp_path / "step-4").exists()
+    actions = ckpt.recover_checkpoints(tmp_path)
+    assert any("completed the save of" in a for a in actions)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "step-2", "step-4"]
+    assert {ckpt.read_state(tmp_path / k)["step"] for k in ("best", "last", "step-4")} == {4}
+    # a manifest gradlab did not write commits nothing
+    (tmp_path / ".save-6").mkdir()
+    (tmp_path / ".commit.json").write_text('{"stage": "../x", "kinds": ["last"]}')
+    assert "ignored the unreadable" in ckpt.recover_checkpoints(tmp_path)[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "step-2", "step-4"]
+
+
 def test_rotation_keeps_the_newest_and_drops_a_redone_future(tmp_path):
     for step in (2, 4, 6, 8):
         _fake_checkpoint(tmp_path / f"step-{step}", step)
