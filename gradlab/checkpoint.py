@@ -6,6 +6,13 @@ config, scheduler, data positions, numpy/random RNG states, metrics). Folders ar
 under a temporary name and swapped in by renames, so a crash never leaves a half-written
 checkpoint under a real name; ``recover_checkpoints`` finishes a swap a kill interrupted.
 
+The checkpoints of one training step (e.g. ``best``, ``step-8`` and ``last``) are saved as
+one unit by ``save_step``: every folder is first written in full under ``.save-<step>/``,
+then one ``os.replace`` of the manifest ``.commit.json`` commits them, then they are
+renamed into place. ``recover_checkpoints`` finishes the renames of a committed unit and
+deletes an uncommitted one, so a kill at any point leaves either all or none of the step's
+checkpoints.
+
 A run's ``checkpoints/`` folder holds ``last`` (what a resumed run continues from), ``best``
 (best dev score) and, with ``checkpoint_every``, the newest ``keep`` periodic ``step-N``
 folders; ``last`` shares the files of the ``step-N`` saved with it (hard links).
@@ -29,9 +36,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gradlab.rundir import replace, write_point
+
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "train_state.safetensors", "state.json")
 _STEP_FOLDER = re.compile(r"step-(\d+)")
+_MANIFEST = ".commit.json"  # names the staged unit of checkpoints to rename into place
+_STAGE = re.compile(r"\.save-(\d+)")
 
 
 class CheckpointError(ValueError):
@@ -48,17 +59,103 @@ def save_checkpoint(path: str | Path, *, model_state: dict[str, torch.Tensor],
     path = Path(path)
     tmp = _temporary(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
-                  str(tmp / "model.safetensors"))
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                  str(tmp / "train_state.safetensors"))
-        payload = {"format_version": FORMAT_VERSION, **state}
-        (tmp / "state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        _write_folder(tmp, model_state, tensors, state)
         _swap_in(tmp, path)
     except (OSError, SafetensorError) as err:  # SafetensorError: e.g. a full disk
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {path}: {err}") from None
     return path
+
+
+def save_step(folder: str | Path, kinds: list[str], *, model_state: dict[str, torch.Tensor],
+              tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> list[Path]:
+    """Save the checkpoints ``kinds`` of one step in ``folder``, all or none of them.
+
+    The first kind is written in full, the others share its files (hard links, copies where
+    links are refused), all under ``folder/.save-<step>/``; one ``os.replace`` of the
+    manifest then commits the unit, and the folders are renamed into place (replacing older
+    ones). A kill before the commit leaves the older checkpoints; after it,
+    ``recover_checkpoints`` finishes the renames. Returns the checkpoint folders.
+    """
+    folder = Path(folder)
+    if not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must name distinct checkpoints, got {kinds!r}")
+    stage = folder / f".save-{int(state['step'])}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        recover_checkpoints(folder)  # an unfinished unit (e.g. of a killed resume) goes first
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir()
+        first = stage / kinds[0]
+        first.mkdir()
+        _write_folder(first, model_state, tensors, state)
+        for kind in kinds[1:]:
+            (stage / kind).mkdir()
+            for name in FILES:
+                try:
+                    os.link(first / name, stage / kind / name)
+                except OSError:
+                    shutil.copy2(first / name, stage / kind / name)
+            write_point(f"linked {stage / kind}")
+        manifest = folder / f"{_MANIFEST}.tmp{os.getpid()}"
+        manifest.write_text(json.dumps({"stage": stage.name, "kinds": kinds}), encoding="utf-8")
+        write_point(f"wrote {manifest}")
+        replace(manifest, folder / _MANIFEST)  # the commit point
+        _finish_unit(folder)
+    except (OSError, SafetensorError) as err:  # SafetensorError: e.g. a full disk
+        if not (folder / _MANIFEST).exists():
+            shutil.rmtree(stage, ignore_errors=True)
+        raise CheckpointError(f"could not write the checkpoints {kinds} in {folder}: "
+                              f"{err}") from None
+    return [folder / kind for kind in kinds]
+
+
+def _write_folder(tmp: Path, model_state: dict[str, torch.Tensor],
+                  tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """The files of a checkpoint; state.json last: its presence marks a whole folder."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
+              str(tmp / "model.safetensors"))
+    write_point(f"wrote {tmp / 'model.safetensors'}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+              str(tmp / "train_state.safetensors"))
+    write_point(f"wrote {tmp / 'train_state.safetensors'}")
+    payload = {"format_version": FORMAT_VERSION, **state}
+    (tmp / "state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    write_point(f"wrote {tmp / 'state.json'}")
+
+
+def _finish_unit(folder: Path) -> list[str]:
+    """Rename the folders of the committed unit into place, then drop the manifest and the
+    stage (which then holds the replaced folders). Safe to repeat after a kill."""
+    manifest = folder / _MANIFEST
+    try:
+        unit = json.loads(manifest.read_text(encoding="utf-8"))
+        kinds, stage = list(unit["kinds"]), folder / unit["stage"]
+        if not _STAGE.fullmatch(stage.name) or not all(
+                isinstance(k, str) and (k in ("last", "best") or _STEP_FOLDER.fullmatch(k))
+                for k in kinds):
+            raise ValueError(f"unexpected names {unit!r}")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        os.unlink(manifest)  # not one this module wrote: the unit counts as uncommitted
+        return [f"ignored the unreadable {manifest} ({err})"]
+    actions = []
+    for kind in kinds:
+        new, target = stage / kind, folder / kind
+        if not new.exists():
+            continue  # renamed into place already
+        if target.exists():
+            old = stage / f"old-{kind}"
+            if old.exists():
+                shutil.rmtree(old)
+            replace(target, old)
+        replace(new, target)
+        actions.append(f"completed the save of {target} (interrupted)")
+    os.unlink(manifest)
+    write_point(f"removed {manifest}")
+    shutil.rmtree(stage, ignore_errors=True)
+    write_point(f"removed {stage}")
+    return actions
 
 
 def link_checkpoint(source: str | Path, path: str | Path) -> Path:
@@ -105,8 +202,8 @@ def _swap_in(tmp: Path, path: Path) -> None:
     if old.exists():
         shutil.rmtree(old)
     if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
+        replace(path, old)
+    replace(tmp, path)
     if old.exists():
         shutil.rmtree(old)
 
@@ -121,12 +218,20 @@ def recover_checkpoints(folder: str | Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    actions = []
+    if (folder / _MANIFEST).is_file():  # committed: roll forward
+        actions += _finish_unit(folder)
+    for entry in folder.iterdir():  # uncommitted units and manifests: roll back
+        if entry.is_dir() and _STAGE.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            actions.append(f"removed the uncommitted save {entry}")
+        elif entry.name.startswith(_MANIFEST + ".tmp"):
+            entry.unlink(missing_ok=True)
     leftovers: dict[str, list[Path]] = {}
     for entry in folder.iterdir():
         match = re.fullmatch(r"\.(tmp|old)-(.+)-\d+", entry.name)
         if match and entry.is_dir():
             leftovers.setdefault(match.group(2), []).append(entry)
-    actions = []
     for name, entries in sorted(leftovers.items()):
         target = folder / name
         # the new (tmp) folder is preferred: it only exists complete once a swap has begun
@@ -134,7 +239,7 @@ def recover_checkpoints(folder: str | Path) -> list[str]:
         if not target.exists():
             for entry in entries:
                 if _is_complete(entry):
-                    os.replace(entry, target)
+                    replace(entry, target)
                     actions.append(f"restored {target} from {entry.name} (interrupted save)")
                     break
         for entry in entries:
@@ -166,6 +271,7 @@ def rotate_checkpoints(folder: str | Path, keep: int, step: int) -> list[Path]:
     removed = [p for _, p in periodic if p not in kept]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
+        write_point(f"rotated away {p}")
     return removed
 
 
@@ -281,4 +387,5 @@ __all__ = [
     "resolve_checkpoint",
     "rotate_checkpoints",
     "save_checkpoint",
+    "save_step",
 ]

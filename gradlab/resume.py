@@ -113,18 +113,18 @@ def restore(point: ResumePoint, parts: Parts) -> Progress:
 
 def save(folder: Path, kinds: list[str], parts: Parts, *, step: int, rng: tuple[dict, dict],
          progress: Progress, config: dict[str, Any]) -> list[Path]:
-    """Write the training state at ``step`` as checkpoint ``folder/kinds[0]`` and link the
-    other kinds to it; ``progress.saves`` lists the checkpoints of this step (a resumed run
-    logs them again). rng: what ``rng_state()`` returned before the step's evaluation."""
+    """Write the training state at ``step`` as the checkpoints ``folder/<kind>`` of every
+    kind, one unit: all of them or none (``ckpt.save_step``); ``progress.saves`` lists them
+    (a resumed run logs them again). rng: what ``rng_state()`` returned before the step's
+    evaluation."""
     tensors, state = training_state(
         optimizer=parts.optimizer, scheduler=parts.scheduler, methods=stateful_methods(parts),
         batchers=parts.batchers, rng=rng, step=step, config=config, tasks=parts.tasks,
         best_score=progress.best_score if math.isfinite(progress.best_score) else None,
         skipped_steps=progress.skipped_steps, metrics=progress.metrics,
         saves=list(progress.saves), wall_time=progress.wall_time)
-    first = ckpt.save_checkpoint(folder / kinds[0], model_state=parts.model.state_dict(),
-                                 tensors=tensors, state=state)
-    return [first, *(ckpt.link_checkpoint(first, folder / kind) for kind in kinds[1:])]
+    return ckpt.save_step(folder, kinds, model_state=parts.model.state_dict(), tensors=tensors,
+                          state=state)
 
 
 def stateful_methods(parts: Parts) -> dict[str, Any]:

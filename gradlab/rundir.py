@@ -9,7 +9,9 @@ store that says 'running' while nobody holds the lock belongs to a killed or cra
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -73,13 +75,16 @@ def is_locked(run_dir: Path | str) -> bool:
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
-    """Refuse a new run over an existing one, a resume of nothing, and an unwritable folder."""
+    """Refuse a new run over an existing one, a resume of nothing, and an unwritable folder.
+
+    A folder holding only the lock file and temporary files (a run killed before it wrote its
+    config.yaml) holds no run: a new run may take it (`remove_leftovers` clears it).
+    """
     if resume:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
         return
-    if run_dir.exists() and (not run_dir.is_dir()
-                             or any(p.name != _LOCK for p in run_dir.iterdir())):
+    if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
         raise FileExistsError(
             f"the run folder {run_dir} already exists; continue that run with "
             f"`gradlab train --resume {run_dir}` (Python: train(..., resume=True)) or choose "
@@ -97,10 +102,69 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename: never half a file."""
+    """Write a text file under a temporary name, then rename: never half a file.
+
+    A kill leaves at most the temporary ``.<name>.tmp<pid>``, which `remove_leftovers`
+    deletes when the run starts again.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_point(f"wrote {tmp}")
+    replace(tmp, path)
+
+
+#: the temporary files of `write_atomic` (and of sweep tables): ``.<name>.tmp<pid>``
+_TEMPORARY = re.compile(r"\..+\.tmp\d+")
+
+
+def holds_run(run_dir: Path | str) -> bool:
+    """True when the folder ``run_dir`` holds anything of a run: more than its lock file and
+    the temporary files of writers killed before they renamed them."""
+    return any(p.name != _LOCK and not _TEMPORARY.fullmatch(p.name)
+               for p in Path(run_dir).iterdir())
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete the temporary files killed writers left in ``run_dir`` (call it holding the
+    run lock: no live writer's temporary file can be among them); the files deleted."""
+    removed = []
+    for p in Path(run_dir).iterdir() if Path(run_dir).is_dir() else ():
+        if _TEMPORARY.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# --- kill points: a test-only hook on every write a run makes ---------------------------------
+
+_KILL_AFTER = "GRADLAB_KILL_AFTER"  # N: SIGKILL this process right after its N-th write point
+_WRITE_LOG = "GRADLAB_WRITE_LOG"  # a file: append one line per write point (to count them)
+_writes = 0
+
+
+def replace(src: Path | str, dst: Path | str) -> None:
+    """``os.replace`` and a write point: every rename a run makes goes through here."""
+    os.replace(src, dst)
+    write_point(f"replace {src} -> {dst}")
+
+
+def write_point(what: str) -> None:
+    """Mark a write a run just made (a rename, a checkpoint file, a link).
+
+    Test-only and free when unset: with ``GRADLAB_WRITE_LOG`` set, a line per point is
+    appended to that file; with ``GRADLAB_KILL_AFTER=N``, the process SIGKILLs itself right
+    after its N-th point, so the kill-point tests can stop a real run after any write.
+    """
+    log, kill_after = os.environ.get(_WRITE_LOG), os.environ.get(_KILL_AFTER)
+    if log is None and kill_after is None:
+        return
+    global _writes
+    _writes += 1
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{_writes} {what}\n")
+    if kill_after and _writes == int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RunLock:
@@ -157,7 +221,8 @@ class RunLock:
             if held[1] == 0:
                 del _HELD[key]
                 self.file.close()  # releases the lock
-        if self.created and [p.name for p in self.run_dir.iterdir()] == [_LOCK]:
+        if (self.created and self.run_dir.is_dir()
+                and [p.name for p in self.run_dir.iterdir()] == [_LOCK]):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
@@ -165,5 +230,5 @@ def _key(run_dir: Path) -> Path:
     return Path(run_dir).resolve()  # one key however the folder is spelled (relative, symlink)
 
 
-__all__ = ["LOCKS_SUPPORTED", "RunLock", "RunLockedError", "check_run_folder", "is_locked",
-           "write_atomic"]
+__all__ = ["LOCKS_SUPPORTED", "RunLock", "RunLockedError", "check_run_folder", "holds_run",
+           "is_locked", "remove_leftovers", "replace", "write_atomic", "write_point"]

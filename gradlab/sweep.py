@@ -8,7 +8,9 @@ nine), each run in
 Calling it again continues where it stopped: a finished run is skipped, an unfinished one
 resumes from its last checkpoint, or, without one, starts over after its folder is moved to
 ``<runs_dir>/_failed/<name>.failed-<timestamp>`` (nothing is ever deleted; the folder sits
-apart so that ``gradlab.load_runs(runs_dir)`` never sees two runs of one name).
+apart so that ``gradlab.load_runs(runs_dir)`` never sees two runs of one name). A run whose
+lock another process holds (a second sweep on the same folder) is running there: it is
+skipped and reported as such, never moved or trained twice.
 
 Outputs: ``results.csv`` (one row per run: grid values, seed, status, every final dev metric
 as ``<task>.<metric>``, wall time), rewritten after every run, and, when the method (or the
@@ -90,12 +92,14 @@ def run_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds:
     runs = plan_sweep(config, grid, seeds, runs_dir, overrides)
     grid_keys = grid_config_keys(parse_grid(grid))
     rows: list[dict[str, Any]] = []
-    failures = []
+    failures, elsewhere = [], []
     for i, run in enumerate(runs, start=1):
         prefix = f"[{i}/{len(runs)}] {run.name}:"
         row = _run_one(run, runs_dir, prefix)
         rows.append(row)
-        if row["status"] != "finished":
+        if row["status"] == "running":
+            elsewhere.append(run.name)
+        elif row["status"] != "finished":
             failures.append(f"{run.name}: {row['error']}")
         table = _results_table(rows, grid_keys)
         _write_csv(table, runs_dir / "results.csv")
@@ -103,7 +107,8 @@ def run_sweep(config: str | os.PathLike[str] | None, grid: Sequence[str], seeds:
     comparison = _comparison(table, grid_keys, baseline)
     if comparison is not None:
         _write_csv(comparison, runs_dir / "comparison.csv")
-    print(f"sweep: {len(runs)} runs, {len(failures)} failed; results in "
+    running = f", {len(elsewhere)} running in another process" if elsewhere else ""
+    print(f"sweep: {len(runs)} runs, {len(failures)} failed{running}; results in "
           f"{runs_dir / 'results.csv'}", flush=True)
     if failures and raise_on_failure:
         raise SweepError(f"{len(failures)} of {len(runs)} runs failed (the others finished; "
@@ -236,24 +241,53 @@ def run_name(point: Mapping[str, Any], seed: int) -> str:
 
 
 def _run_one(run: SweepRun, runs_dir: Path, prefix: str) -> dict[str, Any]:
-    """Skip, resume, or (re)start one run; its results row."""
+    """Skip, resume, or (re)start one run; its results row.
+
+    The run lock decides who trains a run: a run whose lock another process holds (e.g. a
+    second ``gradlab sweep`` on the same folder) is running there and is skipped, never
+    moved or trained twice; this process holds the lock from its decision to the run's end.
+    """
+    from gradlab.rundir import RunLock, RunLockedError
+
+    run_dir = runs_dir / run.name
+    row: dict[str, Any] = {"run": run.name, **run.point, "seed": run.seed,
+                           "variant": run.variant, "error": ""}
+    if _status(run_dir) == "finished":
+        print(f"{prefix} skipped (finished)", flush=True)
+        return {**row, "action": "skipped", **_finished_row(run_dir)}
+    locks: list[RunLock] = []
+    try:
+        _lock(run_dir, locks)
+        return _run_locked(run, run_dir, runs_dir, prefix, row, locks)
+    except RunLockedError:
+        print(f"{prefix} skipped: running in another process (it holds the run lock)",
+              flush=True)
+        return {**row, "action": "skipped", "status": "running",
+                "error": "running in another process"}
+    finally:
+        for lock in locks:
+            lock.__exit__(None, None, None)
+
+
+def _run_locked(run: SweepRun, run_dir: Path, runs_dir: Path, prefix: str,
+                row: dict[str, Any], locks: list) -> dict[str, Any]:
+    """`_run_one` once this process holds the run lock."""
     from gradlab.checkpoint import CheckpointError
     from gradlab.training import train
 
-    run_dir = runs_dir / run.name
     status = _status(run_dir)
-    row: dict[str, Any] = {"run": run.name, **run.point, "seed": run.seed,
-                           "variant": run.variant, "error": ""}
-    if status == "finished":
+    if status == "finished":  # another process finished it before we took the lock
         print(f"{prefix} skipped (finished)", flush=True)
         return {**row, "action": "skipped", **_finished_row(run_dir)}
+    if status == "running":  # recorded as running, yet nobody else holds its lock
+        status = "dead"
     action = "ran"
     resume = False
     if status is not None:
-        if (run_dir / "checkpoints" / "last").is_dir():
+        if _has_checkpoint(run_dir, prefix):
             action, resume = "resumed", True
         else:
-            moved = _move_aside(run_dir, runs_dir)
+            moved = _move_aside(run_dir, runs_dir, locks)
             print(f"{prefix} unfinished ({status}) without a checkpoint: moved to {moved}",
                   flush=True)
             action = "restarted"
@@ -262,21 +296,50 @@ def _run_one(run: SweepRun, runs_dir: Path, prefix: str) -> dict[str, Any]:
         try:
             train(run.config, resume=resume)
         except CheckpointError as err:  # an unusable checkpoint: start over
-            moved = _move_aside(run_dir, runs_dir)
+            moved = _move_aside(run_dir, runs_dir, locks)
             print(f"{prefix} cannot resume ({err}); moved to {moved}, restarting", flush=True)
             action = "restarted"
             train(run.config)
     except Exception as err:  # noqa: BLE001 - recorded; the sweep goes on
+        from gradlab.rundir import RunLockedError
+
+        if isinstance(err, RunLockedError):
+            raise
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"{prefix} FAILED {message}\n{traceback.format_exc(limit=3)}", flush=True)
         return {**row, "action": action, "status": "failed", "error": message}
     return {**row, "action": action, **_finished_row(run_dir)}
 
 
+def _lock(run_dir: Path, locks: list) -> None:
+    """Take the run lock of ``run_dir`` (RunLockedError when another process holds it)."""
+    from gradlab.rundir import RunLock
+
+    lock = RunLock(run_dir)
+    lock.__enter__()
+    locks.append(lock)
+
+
+def _has_checkpoint(run_dir: Path, prefix: str) -> bool:
+    """Whether the run has a checkpoint to resume from (last, best or step-N), once the
+    checkpoint saves a kill interrupted are finished or undone."""
+    from gradlab.checkpoint import recover_checkpoints
+
+    folder = run_dir / "checkpoints"
+    for action in recover_checkpoints(folder):
+        print(f"{prefix} {action}", flush=True)
+    return folder.is_dir() and any(
+        (p / "state.json").is_file() for p in folder.iterdir()
+        if p.name in ("last", "best") or re.fullmatch(r"step-\d+", p.name))
+
+
 def _status(run_dir: Path) -> str | None:
-    """None (no folder), a store status ('finished', 'running', ...), or 'unreadable'."""
-    if not run_dir.exists():
-        return None
+    """None (no run in the folder), the store's recorded status ('finished', 'running',
+    ...), or 'unreadable'. Whether a 'running' run is alive is the run lock's to say."""
+    from gradlab.rundir import holds_run
+
+    if not run_dir.is_dir() or not holds_run(run_dir):
+        return None if not run_dir.exists() or run_dir.is_dir() else "unreadable"
     from gradlab.store import StoreError, open_store_readonly, read_meta
 
     try:
@@ -286,7 +349,8 @@ def _status(run_dir: Path) -> str | None:
         return "unreadable"
 
 
-def _move_aside(run_dir: Path, runs_dir: Path) -> Path:
+def _move_aside(run_dir: Path, runs_dir: Path, locks: list) -> Path:
+    """Move the locked run folder to ``_failed/``, then lock its name afresh."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = runs_dir / FAILED_DIR / f"{run_dir.name}.failed-{stamp}"
     k = 1
@@ -294,7 +358,10 @@ def _move_aside(run_dir: Path, runs_dir: Path) -> Path:
         target = runs_dir / FAILED_DIR / f"{run_dir.name}.failed-{stamp}-{k}"
         k += 1
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(run_dir, target)
+    os.replace(run_dir, target)  # the lock file moves with it: release it, lock the new folder
+    while locks:
+        locks.pop().__exit__(None, None, None)
+    _lock(run_dir, locks)
     return target
 
 

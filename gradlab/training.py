@@ -35,7 +35,7 @@ from gradlab.distributed import DistInfo, NullWriter, init_from_env
 from gradlab.evaluate import evaluate
 from gradlab.monitor import Monitor
 from gradlab.probe import probe
-from gradlab.rundir import RunLock, check_run_folder, write_atomic
+from gradlab.rundir import RunLock, check_run_folder, remove_leftovers, write_atomic
 from gradlab.step import train_step
 from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
 
@@ -106,11 +106,16 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
     evaluate, probe and checkpoint, the non-finite policy, what to log and the run's names."""
     t_start = time.perf_counter()
     checkpoints = run_dir / "checkpoints"
+    if dist.is_main:  # temporary files of writers killed before their rename
+        remove_leftovers(run_dir)
     found = resume_state.find_resume_point(run_dir, cfg) if resume else None  # before loading
     parts = build_parts(cfg, dist)
     progress = resume_state.Progress()
     if found is not None:  # last, as it sets the RNG states
         progress = resume_state.restore(found, parts)
+        if dist.is_main and cfg.checkpoint_every and cfg.keep_checkpoints > 0:
+            # a run killed between a save and its rotation left one step-N too many
+            ckpt.rotate_checkpoints(checkpoints, cfg.keep_checkpoints, progress.step)
     start, total, config = progress.step, parts.total_steps, to_dict(cfg)
     if dist.is_main and not (run_dir / "config.yaml").is_file():
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -130,7 +135,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
         if bad is not None:
             raise NonFiniteError(f"step {step}: parameter {bad!r} is not finite; not saving "
                                  "it" + _last_good(checkpoints))
-        progress.saves.extend(kinds)
+        progress.saves = list(kinds)
         progress.wall_time = wall_before + time.perf_counter() - t_start
         resume_state.save(checkpoints, kinds, parts, step=step, rng=rng, progress=progress,
                           config=config)
@@ -155,7 +160,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
         for step in range(start, total + 1):
             final = step == total
             saving = cfg.save_checkpoints and step > start
-            progress.saves = []
+            kinds = []  # the step's checkpoints, saved as one unit (all or none)
             # RNG states as they are before the evaluation: a resumed run redoes it
             rng = resume_state.rng_state() if saving else None
             if step > 0 and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
@@ -163,11 +168,13 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                                              cfg.progress)
                 if saving and _score(progress.metrics) > progress.best_score:
                     progress.best_score = _score(progress.metrics)
-                    save(["best"], step, rng)
+                    kinds.append("best")
             periodic = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+            keep = periodic and cfg.keep_checkpoints > 0
             if saving and (final or periodic):
-                keep = periodic and cfg.keep_checkpoints > 0
-                save([f"step-{step}"] * keep + ["last"], step, rng)
+                kinds += [f"step-{step}"] * keep + ["last"]
+            if kinds:
+                save(kinds, step, rng)
                 if keep:
                     ckpt.rotate_checkpoints(checkpoints, cfg.keep_checkpoints, step)
             if cfg.probe_every and (final or step % cfg.probe_every == 0):

@@ -240,6 +240,51 @@ def test_recover_checkpoints_prefers_the_complete_new_folder(tmp_path):
     assert ckpt.recover_checkpoints(tmp_path) == []
 
 
+def test_save_step_is_all_or_none(tmp_path, monkeypatch):
+    def save(step: int) -> list[Path]:
+        return ckpt.save_step(tmp_path, ["best", f"step-{step}", "last"],
+                              model_state={"w": torch.full((2,), float(step))}, tensors={},
+                              state={"step": step})
+
+    save(2)
+    for name in ckpt.FILES:  # one set of files, linked
+        assert os.path.samefile(tmp_path / "best" / name, tmp_path / "last" / name)
+    real = ckpt.replace
+    # killed just before the commit point: none of step 4's checkpoints exist
+    monkeypatch.setattr(ckpt, "replace", lambda src, dst: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        save(4)
+    monkeypatch.setattr(ckpt, "replace", real)
+    assert ckpt.recover_checkpoints(tmp_path) == [f"removed the uncommitted save "
+                                                  f"{tmp_path / '.save-4'}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "step-2"]
+    assert {ckpt.read_state(tmp_path / k)["step"] for k in ("best", "last")} == {2}
+    # killed after the commit point, between two renames: all of step 4's are finished
+    calls = []
+
+    def crash_on_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the commit, old best aside, new best in, then killed
+            raise Crash()
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt, "replace", crash_on_second_rename)
+    with pytest.raises(Crash):
+        save(4)
+    monkeypatch.setattr(ckpt, "replace", real)
+    assert ckpt.read_state(tmp_path / "best")["step"] == 4
+    assert ckpt.read_state(tmp_path / "last")["step"] == 2 and not (tmp_path / "step-4").exists()
+    actions = ckpt.recover_checkpoints(tmp_path)
+    assert any("completed the save of" in a for a in actions)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "step-2", "step-4"]
+    assert {ckpt.read_state(tmp_path / k)["step"] for k in ("best", "last", "step-4")} == {4}
+    # a manifest gradlab did not write commits nothing
+    (tmp_path / ".save-6").mkdir()
+    (tmp_path / ".commit.json").write_text('{"stage": "../x", "kinds": ["last"]}')
+    assert "ignored the unreadable" in ckpt.recover_checkpoints(tmp_path)[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "step-2", "step-4"]
+
+
 def test_rotation_keeps_the_newest_and_drops_a_redone_future(tmp_path):
     for step in (2, 4, 6, 8):
         _fake_checkpoint(tmp_path / f"step-{step}", step)
@@ -347,7 +392,7 @@ def test_sigkilled_run_resumes_exactly(tmp_path):
         process.stderr.close()
     assert process.returncode == -signal.SIGKILL
     killed = gradlab.load_run(tmp_path / "killed")  # the store opens after a kill
-    assert killed.status == "running", f"the run ended before the kill at step {kill_at}"
+    assert killed.status == "dead", f"the run ended before the kill at step {kill_at}"
     resumed_from = ckpt.read_state(tmp_path / "killed" / "checkpoints" / "last")["step"]
     assert resumed_from < 16
 
@@ -357,3 +402,67 @@ def test_sigkilled_run_resumes_exactly(tmp_path):
         reference = gradlab.train(None, **config(tmp_path, "uninterrupted", steps=16))
     print(f"killed once step {kill_at} was logged; resumed from step {resumed_from}")
     assert_same_run(tmp_path / "killed", reference.path)
+
+
+# --- kills between the writes of a run (the kill-point harness: tests/test_kill_points.py) ---
+
+
+def test_a_crash_between_the_checkpoints_of_one_step_loses_none_of_them(tmp_path,
+                                                                        monkeypatch):
+    # eval and checkpoint only at the final step: best and last are one unit there. A crash
+    # after best is in place but before last is must still end with both (before: resumed
+    # from best at the final step and never wrote last).
+    values = config(tmp_path, "unit", eval_every=0, checkpoint_every=0, steps=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        reference = gradlab.train(None, **{**values, "name": "unit-reference"}).path
+    real = ckpt.replace
+
+    def crash_before_last(src, dst):
+        if Path(dst).name == "last":
+            raise Crash(f"killed before {src} -> {dst}")
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt, "replace", crash_before_last)
+    with pytest.raises(Crash), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        gradlab.train(None, **values)
+    monkeypatch.setattr(ckpt, "replace", real)
+    folder = tmp_path / "unit" / "checkpoints"
+    assert (folder / "best").is_dir() and not (folder / "last").exists()
+    with pytest.warns(RuntimeWarning, match="completed the save of .*last"):
+        handle = resume(values)
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last"]
+    assert_same_run(handle.path, reference)
+
+
+def test_a_folder_left_before_the_config_was_renamed_is_trained_again(tmp_path):
+    values = config(tmp_path, "early", steps=2, eval_every=0, checkpoint_every=0)
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    (run_dir / ".lock").touch()
+    (run_dir / ".config.yaml.tmp4242").write_text("name: early\n")  # killed before the rename
+    handle = gradlab.train(None, **values)
+    assert handle.load().status == "finished"
+    assert not (run_dir / ".config.yaml.tmp4242").exists()
+    with pytest.raises(FileExistsError, match="already exists"):  # a real run is still refused
+        gradlab.train(None, **values)
+
+
+def test_leftovers_of_a_kill_are_cleaned_when_the_run_continues(tmp_path):
+    # killed after its final step-4 was saved, before it rotated step-2 away and before it
+    # renamed its metrics.json: the resumed run removes both
+    values = config(tmp_path, "left", steps=4, eval_every=0, checkpoint_every=2,
+                    keep_checkpoints=1)
+    first = gradlab.train(None, **values)
+    folder = first.path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last", "step-4"]
+    shutil.copytree(folder / "step-4", folder / "step-2")
+    (first.path / ".metrics.json.tmp999").write_text("{}")
+    with sqlite3.connect(first.path / "run.sqlite") as con:
+        con.execute("UPDATE meta SET value = 'running' WHERE key = 'status'")
+    before = store_rows(first.path)
+    again = resume(values)
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last", "step-4"]
+    assert not (first.path / ".metrics.json.tmp999").exists()
+    assert store_rows(again.path) == before

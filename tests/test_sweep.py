@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import torch
 
 from gradlab.config import ConfigError
+from gradlab.store import run_status
 from gradlab.sweep import SweepError, parse_grid, plan_sweep, run_name, run_sweep
 
 GRID = ["method=sum,pcgrad", "lr=5e-5,1e-4"]
+FAILED = "_failed"
 NAMES = ["method-sum_lr-5e-05_seed-0", "method-sum_lr-0.0001_seed-0",
          "method-pcgrad_lr-5e-05_seed-0", "method-pcgrad_lr-0.0001_seed-0"]
 
@@ -233,3 +238,81 @@ def test_grid_reads_renamed_keys_and_keeps_their_run_names(tmp_path):
         runs = plan_sweep(None, ["sst_head=linear,mlp"], [0], tmp_path, ["steps=2"])
     assert [r.name for r in runs] == ["sst_head-linear_seed-0", "sst_head-mlp_seed-0"]
     assert [r.config.single_head for r in runs] == ["linear", "mlp"]
+
+
+def test_a_killed_run_with_only_a_best_checkpoint_is_resumed_not_restarted(sweep_args):
+    runs_dir, grid = sweep_args["runs_dir"], ["method=sum"]
+    run_sweep(grid=grid, seeds=[0], **sweep_args)
+    run_dir = runs_dir / "method-sum_seed-0"
+    shutil.rmtree(run_dir / "checkpoints" / "last")  # checkpoint_every=0: best, then last
+    _set_status(run_dir, "running")
+    again = run_sweep(grid=grid, seeds=[0], **sweep_args)
+    assert list(again["action"]) == ["resumed"] and list(again["status"]) == ["finished"]
+    assert not (runs_dir / FAILED).exists()
+
+
+# --- two processes on one runs folder ---------------------------------------------------------
+
+_HOLD_LOCK = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+              "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)")
+
+
+def test_a_run_locked_by_another_process_is_skipped_never_moved(sweep_args, capsys):
+    pytest.importorskip("fcntl")
+    runs_dir, grid = sweep_args["runs_dir"], ["method=sum"]
+    run_sweep(grid=grid, seeds=[0], **sweep_args)
+    run_dir = runs_dir / "method-sum_seed-0"
+    # what a second sweep sees while the first trains it: 'running', no checkpoint yet
+    _set_status(run_dir, "running")
+    shutil.rmtree(run_dir / "checkpoints")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir / ".lock")],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        assert run_status(run_dir) == "running"
+        capsys.readouterr()
+        table = run_sweep(grid=grid, seeds=[0], **sweep_args)  # not a failure: no SweepError
+        out = capsys.readouterr().out
+        assert "skipped: running in another process" in out
+        assert "1 running in another process" in out
+        assert list(table["status"]) == ["running"] and list(table["action"]) == ["skipped"]
+        assert not (runs_dir / FAILED).exists() and (run_dir / "run.sqlite").is_file()
+        assert not (run_dir / "checkpoints").exists()  # not trained here either
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # its holder died: the run is dead, and is restarted as before
+    assert run_status(run_dir) == "dead"
+    again = run_sweep(grid=grid, seeds=[0], **sweep_args)
+    assert list(again["action"]) == ["restarted"] and list(again["status"]) == ["finished"]
+    assert len(list((runs_dir / FAILED).iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_on_one_folder_train_each_run_once(sweep_args, tmp_path):
+    import yaml
+    from conftest import ROOT
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**sweep_args["overrides"], "steps": 6}))
+    runs_dir = tmp_path / "shared-runs"
+    code = "import sys; from gradlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "sweep", str(config), "--grid", "method=sum,pcgrad",
+            "--seeds", "0,1", "--runs-dir", str(runs_dir)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    sweeps = [subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in sweeps]
+    assert [p.returncode for p in sweeps] == [0, 0], outs
+    assert not (runs_dir / FAILED).exists(), outs
+    names = [d.name for d in runs_dir.iterdir() if d.is_dir()]
+    assert len(names) == 4
+    for name in names:
+        with sqlite3.connect(runs_dir / name / "run.sqlite") as con:
+            losses = con.execute("SELECT step, task FROM scalars WHERE name = 'loss'").fetchall()
+            saves = con.execute("SELECT step, kind FROM checkpoints").fetchall()
+        assert sorted(losses) == sorted({*losses}) and len(losses) == 6 * 3, name
+        assert len(saves) == len(set(saves)), name
+        trained = [out.count(f"{name}: training") for out in outs]
+        assert sum(trained) == 1, (name, outs)
