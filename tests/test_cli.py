@@ -110,3 +110,15 @@ def test_the_console_command_prints_no_traceback():
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.startswith("gradlab train: error: ")
+
+
+def test_an_error_is_printed_whatever_the_terminal_encoding(tmp_path):
+    # a key the terminal cannot encode must not turn a user error into a UnicodeEncodeError
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", "train", "smart_args={'\U00010000': None}",
+         f"runs_dir={tmp_path / 'runs'}"],
+        cwd=ROOT, capture_output=True, text=True, encoding="ascii", errors="strict",
+        env={**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2, out.stderr
+    assert "smart_args: unknown argument '\\U00010000'" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -61,13 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         if is_user_error(err):
-            print(f"gradlab {args.command}: error: {one_line(err)}", file=sys.stderr)
+            _say(f"gradlab {args.command}: error: {one_line(err)}")
             return 2
-        print(f"gradlab {args.command}: internal error ({type(err).__name__}): "
-              f"{one_line(err)}" + ("" if debug else
-                                    " (rerun with --debug or GRADLAB_DEBUG=1 for the traceback)"),
-              file=sys.stderr)
+        _say(f"gradlab {args.command}: internal error ({type(err).__name__}): "
+             f"{one_line(err)}" + ("" if debug else
+                                   " (rerun with --debug or GRADLAB_DEBUG=1 for the traceback)"))
         return 1
+
+
+def _say(text: str) -> None:
+    """Print one line on stderr in whatever encoding it has (characters it cannot show are
+    escaped, never a UnicodeEncodeError on top of the error being reported)."""
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding, "replace"), file=sys.stderr)
 
 
 #: errors that mean bad input; their messages name the file, key, step or run at fault
