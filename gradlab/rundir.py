@@ -8,6 +8,7 @@ store that says 'running' while nobody holds the lock belongs to a killed or cra
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -184,10 +185,14 @@ class RunLock:
         if not self.run_dir.is_dir():
             try:
                 self.run_dir.mkdir(parents=True)
+                self.created = True
+            except FileExistsError:  # another process made it a moment ago: the lock decides
+                if not self.run_dir.is_dir():
+                    raise OSError(errno.EEXIST, f"cannot create the run folder {self.run_dir}: "
+                                                "a file of that name exists") from None
             except OSError as err:
                 raise OSError(err.errno, f"cannot create the run folder {self.run_dir}: "
                                          f"{err.strerror or err}") from None
-            self.created = True
         key = _key(self.run_dir)
         if key in _HELD:  # this process holds it already
             _HELD[key][1] += 1

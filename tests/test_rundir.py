@@ -67,3 +67,28 @@ def test_a_status_probe_never_makes_a_starting_run_fail(tmp_path):
     finally:
         release.join()
     assert 0.15 < waited < rundir._ACQUIRE_SECONDS
+
+
+def test_a_folder_made_by_another_process_between_the_check_and_mkdir_is_taken(
+        tmp_path, monkeypatch):
+    # two sweeps reach a new run at once: both see no folder, one mkdir wins; the other must go
+    # on to the lock, not fail with "File exists" (seen with two real sweep processes)
+    from pathlib import Path
+
+    from gradlab.rundir import RunLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # the other process won the race
+    real_is_dir = Path.is_dir
+    seen = []
+
+    def stale_is_dir(self):
+        if self == run_dir and not seen:
+            seen.append(self)
+            return False  # what this process saw before the other made it
+        return real_is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", stale_is_dir)
+    with RunLock(run_dir) as lock:
+        assert not lock.created
+    assert seen
