@@ -23,6 +23,8 @@ import _common as common
 import numpy as np
 import torch
 
+from gradlab.calibration import format_interval
+
 #: the numbers quoted in issue 13 (MiniLM-L6, dropout off, batch 16, initialisation)
 ISSUE_WITHIN_COS = {"sst": 0.09, "para": 0.09, "sts": 0.77}
 ISSUE_EXPECTED_COS = {"sst-para": "-0.02", "sst-sts": "+0.07", "para-sts": "-0.10 [-0.11, -0.08]"}
@@ -143,11 +145,11 @@ def report(args, header, blocks, block_names, tasks, b, info, t0=None) -> None:
     for t in tasks:
         sel = tf[tf.task == t].set_index("quantity")
         rows.append({"task": t,
-                     "within cos": _ci(sel.loc["within_cos"]),
+                     "within cos": format_interval(sel.loc["within_cos"]),
                      "issue": f"{ISSUE_WITHIN_COS.get(t, float('nan')):.2f}",
-                     "signal share": _ci(sel.loc["signal_share"]),
-                     "B_noise (examples)": _ci(sel.loc["b_noise"], "{:.0f}"),
-                     "|mu|^2": _ci(sel.loc["mu_sq"], "{:.3g}"),
+                     "signal share": format_interval(sel.loc["signal_share"]),
+                     "B_noise (examples)": format_interval(sel.loc["b_noise"], "{:.0f}"),
+                     "|mu|^2": format_interval(sel.loc["mu_sq"], "{:.3g}"),
                      "reason": sel.loc["b_noise", "reason"]})
     common.print_table(rows, list(rows[0]))
     print(f"\nper task pair (expected cos = cos(mu_i, mu_j), corrected for noise; raw = mean "
@@ -157,13 +159,13 @@ def report(args, header, blocks, block_names, tasks, b, info, t0=None) -> None:
         sel = pf[pf.pair == pair].set_index("quantity")
         i, j = (tasks.index(x) for x in pair.split("-"))
         rows.append({"pair": pair,
-                     "expected cos": _ci(sel.loc["expected_cos"]),
+                     "expected cos": format_interval(sel.loc["expected_cos"]),
                      "issue": ISSUE_EXPECTED_COS.get(pair, ""),
-                     "raw cos": _ci(sel.loc["raw_cos"]),
+                     "raw cos": format_interval(sel.loc["raw_cos"]),
                      "raw sd": f"{sel.loc['raw_cos_sd', 'estimate']:.3f}",
                      "first-replicate raw cos per window": " ".join(
                          f"{v:+.3f}" for v in raw_first[:, i, j]),
-                     "conflict": _ci(sel.loc["conflict_rate"], "{:.2f}"),
+                     "conflict": format_interval(sel.loc["conflict_rate"], "{:.2f}"),
                      "reason": sel.loc["expected_cos", "reason"]})
     common.print_table(rows, list(rows[0]))
     # the same ratio with the undetermined flag ignored: NOT a valid interval where a |mu|^2
@@ -179,7 +181,8 @@ def report(args, header, blocks, block_names, tasks, b, info, t0=None) -> None:
     rows = []
     for pair in pred.pair.unique():
         sel = pred[pred.pair == pair].set_index("batch_size")
-        rows.append({"pair": pair, **{f"b'={bs}": _ci(sel.loc[bs]) for bs in sel.index}})
+        rows.append({"pair": pair,
+                     **{f"b'={bs}": format_interval(sel.loc[bs]) for bs in sel.index}})
     common.print_table(rows, list(rows[0]))
     # the per-layer view: expected cosines per block (point estimates only)
     print("\nexpected cos per block (point estimates; NaN: |mu|^2 estimate <= 0 in that block)")
@@ -198,14 +201,6 @@ def report(args, header, blocks, block_names, tasks, b, info, t0=None) -> None:
         "gramians": G.tolist(), "wall_s": wall,
     }, save=not args.no_save)
 
-
-def _ci(row, fmt: str = "{:+.3f}") -> str:
-    est, lo, hi = row["estimate"], row["lo"], row["hi"]
-    if np.isnan(est):
-        return "undetermined"
-    if np.isnan(lo):
-        return fmt.format(est)
-    return f"{fmt.format(est)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 if __name__ == "__main__":

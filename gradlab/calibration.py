@@ -102,6 +102,7 @@ from gradlab.calibration_estimators import (  # statistics for `jackknife`, impo
 from gradlab.calibration_estimators import _mu_sq as _mu_sq
 from gradlab.calibration_frames import (
     JACKKNIFE_UNITS,
+    format_interval,
     jackknife,
     pair_frame,
     predicted_cosine_frame,
@@ -110,6 +111,7 @@ from gradlab.calibration_frames import (
 
 __all__ = [
     "JACKKNIFE_UNITS",
+    "format_interval",
     "LAYOUTS",
     "conflict_probability",
     "expected_cosines",

@@ -28,6 +28,7 @@ from gradlab.calibration_estimators import (
 
 __all__ = [
     "JACKKNIFE_UNITS",
+    "format_interval",
     "jackknife",
     "pair_frame",
     "predicted_cosine_frame",
@@ -275,3 +276,14 @@ def _window_and_tasks(gramians, tasks):
     G = _as_window(gramians)
     num_replicates(G, len(tasks))
     return G, len(tasks)
+
+
+def format_interval(row, fmt: str = "{:+.3f}") -> str:
+    """One row of a calibration frame as text: "estimate [lo, hi]", the estimate alone when
+    it has no interval, or "undetermined" when it is NaN (its reason is in the frame)."""
+    est, lo, hi = row["estimate"], row["lo"], row["hi"]
+    if np.isnan(est):
+        return "undetermined"
+    if np.isnan(lo):
+        return fmt.format(est)
+    return f"{fmt.format(est)} [{fmt.format(lo)}, {fmt.format(hi)}]"

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from gradlab import calibration
+from gradlab.calibration import format_interval
 from gradlab.probing import LoadedModel, _batch, _task_gradients, gradient_engine, load_model
 
 __all__ = ["NoiseStudy", "noise_study"]
@@ -100,10 +101,10 @@ class NoiseStudy:
                 p = sel[sel.name == pair].set_index("quantity")
                 a, c = pair.split("-", 1)
                 rows.append({"batch_size": b, "pair": pair,
-                             "raw_cos": _ci(p.loc["raw_cos"]),
-                             "within_cos_i": _ci(within.loc[a]),
-                             "within_cos_j": _ci(within.loc[c]),
-                             "expected_cos": _ci(p.loc["expected_cos"]),
+                             "raw_cos": format_interval(p.loc["raw_cos"]),
+                             "within_cos_i": format_interval(within.loc[a]),
+                             "within_cos_j": format_interval(within.loc[c]),
+                             "expected_cos": format_interval(p.loc["expected_cos"]),
                              "reason": p.loc["expected_cos", "reason"]})
         return pd.DataFrame(rows)
 
@@ -241,11 +242,3 @@ def _check(batch_sizes, rounds, replicates, level) -> list[int]:
         raise ValueError("; ".join(problems))
     return sorted({int(b) for b in sizes})
 
-
-def _ci(row, fmt: str = "{:+.3f}") -> str:
-    est, lo, hi = row["estimate"], row["lo"], row["hi"]
-    if np.isnan(est):
-        return "undetermined"
-    if np.isnan(lo):
-        return fmt.format(est)
-    return f"{fmt.format(est)} [{fmt.format(lo)}, {fmt.format(hi)}]"

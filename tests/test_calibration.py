@@ -362,3 +362,12 @@ def test_bad_arguments_name_the_parameter():
         cal.pair_frame(G, "ab")
     with pytest.raises(ValueError, match="square"):
         cal.mu_gramian(np.ones((6, 4)), 2)
+
+
+def test_format_interval_says_undetermined_and_omits_a_missing_interval():
+    from gradlab.calibration import format_interval
+
+    assert format_interval({"estimate": -0.0943, "lo": -0.119, "hi": -0.0692}) == \
+        "-0.094 [-0.119, -0.069]"
+    assert format_interval({"estimate": 5.1, "lo": np.nan, "hi": np.nan}, "{:.0f}") == "5"
+    assert format_interval({"estimate": np.nan, "lo": np.nan, "hi": np.nan}) == "undetermined"
