@@ -151,9 +151,14 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
 
 def build_model(encoder: str, tasks: Mapping[str, TaskSpec] | Sequence[str], *,
                 tiny_encoder: dict | None = None, seed: int = 0, pooling: str = "mean",
-                head_dropout: float = 0.1, device: str = "cpu") -> tuple[MultitaskModel, Any]:
+                head_dropout: float = 0.1, freeze_encoder: bool = False, device: str = "cpu"
+                ) -> tuple[MultitaskModel, Any]:
     """The encoder (pretrained, or a random BERT ``tiny_encoder`` drawn from ``seed``) with
     one head per task (heads drawn from ``seed`` too), and its tokenizer.
+
+    freeze_encoder: the encoder's parameters get ``requires_grad=False``, so it builds no
+    autograd graph and ``model.shared_parameters()`` is empty (J has no columns): the heads
+    alone train, each on its own task's gradient.
 
     tasks: a task table (name -> TaskSpec, `gradlab.tasks.task_table`: heads and losses) or
     built-in task names (their default heads).
@@ -164,6 +169,8 @@ def build_model(encoder: str, tasks: Mapping[str, TaskSpec] | Sequence[str], *,
         torch.manual_seed(seed)
         model = MultitaskModel(encoder_module, tasks if isinstance(tasks, Mapping) else
                                list(tasks), pooling=pooling, dropout=head_dropout)
+    if freeze_encoder:
+        model.encoder.requires_grad_(False)
     return model.to(device), tokenizer
 
 
@@ -235,7 +242,8 @@ def model_from_config(cfg: TrainConfig) -> tuple[MultitaskModel, Any]:
     """The model and tokenizer a config describes (encoder weights: pretrained or seeded)."""
     return build_model(cfg.encoder, task_table(**task_table_args(cfg)),
                        tiny_encoder=cfg.tiny_encoder, seed=cfg.seed, pooling=cfg.pooling,
-                       head_dropout=cfg.head_dropout, device=cfg.device)
+                       head_dropout=cfg.head_dropout, freeze_encoder=cfg.freeze_encoder,
+                       device=cfg.device)
 
 
 def split_from_config(cfg: TrainConfig, task: str, split: str, tokenizer: Any) -> EvalSet:

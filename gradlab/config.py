@@ -76,6 +76,10 @@ class TrainConfig:
     para_head: str | None = None  # override pair_head for PARA
     sts_head: str | None = None  # override pair_head for STS
     head_dropout: float = 0.1
+    # train the task heads only: the encoder's weights are frozen (no encoder gradients, so
+    # no Gramians, probes or counterfactuals are logged and the method has nothing to act
+    # on); the baseline that says what fine-tuning adds
+    freeze_encoder: bool = False
     # loss of the regression tasks (STS, aux): "mse" | "pearson" (1 - Pearson r over the batch)
     regression_loss: str = "mse"
     smart_weight: dict[str, float] = field(default_factory=dict)  # SMART weight per task

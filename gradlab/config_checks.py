@@ -51,6 +51,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     p += _number_problems(cfg, bad)
     p += _text_problems(cfg, bad)
     p += _method_problems(cfg, bad)
+    p += _frozen_problems(cfg, bad)
     p += _recipe_problems(cfg, bad)
     p += _encoder_problems(cfg, bad)
     p += _device_problems(cfg, bad)
@@ -217,6 +218,19 @@ def _method_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
     except (TypeError, ValueError, ArithmeticError) as err:
         p.append(f"method_args={show(args)}: {_one_line(err)}")
     return p
+
+
+def _frozen_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
+    """freeze_encoder=true trains the heads only, each on its own task's gradient: a method
+    combines shared-encoder gradients, of which a frozen encoder has none, so every method
+    would train the same model (and the block-wise ones have no blocks): only "sum"."""
+    if "freeze_encoder" in bad or not cfg.freeze_encoder or "method" in bad:
+        return []
+    if cfg.method != "sum":
+        return [f"freeze_encoder=true trains the heads only, each on its own task's gradient, "
+                f"so method={show(cfg.method)} has no shared gradients to combine; use "
+                "method=sum (the frozen-encoder baseline)"]
+    return []
 
 
 def _recipe_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:

@@ -53,12 +53,13 @@ class GradientEngine:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         self.params = list(params)
         self.num_tasks = num_tasks
-        first = self.params[0]
+        # no parameters (a frozen encoder): J [T, 0], no blocks, Gramians [0, T, T]
+        dtype, device = ((self.params[0].dtype, self.params[0].device) if self.params
+                         else (torch.float32, torch.device("cpu")))
         numels = [p.numel() for p in self.params]
         self.num_params = sum(numels)
-        self.jacobian = torch.zeros(num_tasks, self.num_params, dtype=first.dtype,
-                                    device=first.device)
-        self.update = torch.zeros(self.num_params, dtype=first.dtype, device=first.device)
+        self.jacobian = torch.zeros(num_tasks, self.num_params, dtype=dtype, device=device)
+        self.update = torch.zeros(self.num_params, dtype=dtype, device=device)
         offsets = [0]
         for n in numels:
             offsets.append(offsets[-1] + n)

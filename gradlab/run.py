@@ -68,8 +68,9 @@ class Run(CalibratedAccessors):
     """One run store read as tidy DataFrames (see the module docstring and `load_run`).
 
     Attributes: name, path (run directory), store_file, reader (its `StoreReader`), config
-    (dict), tasks, blocks (block names in encoder order, without 'encoder'), block_numel,
-    method, seed, schedule; status is re-read on every access.
+    (dict), tasks, blocks (block names in encoder order, without 'encoder'; none for a frozen
+    encoder), block_numel, method ("frozen" for a frozen-encoder run), seed, schedule; status
+    is re-read on every access.
     """
 
     def __init__(self, path: Path | str):
@@ -86,7 +87,9 @@ class Run(CalibratedAccessors):
         self.blocks: list[str] = [b for b, _ in blocks]
         self.block_numel: dict[str, int] = {b: int(n) for b, n in blocks}
         self.config: dict[str, Any] = json.loads(meta.get("config", "{}"))
-        self.method: str = meta["method"]
+        # a frozen-encoder run (heads only) is compared as its own variant, "frozen": with
+        # no shared gradients its method (always "sum", as its config says) did nothing
+        self.method: str = "frozen" if self.config.get("freeze_encoder") else meta["method"]
         self.seed: int = int(meta["seed"])
         self.schedule: str = meta["schedule"]
 

@@ -64,7 +64,8 @@ class RunWriter:
                  resume: bool = False):
         check_names("tasks", tasks)
         block_list = [(str(b), int(n)) for b, n in blocks]
-        check_names("blocks", [b for b, _ in block_list], reserved=(ENCODER, ""))
+        if block_list:  # none: a frozen encoder (no shared gradients, no Gramians)
+            check_names("blocks", [b for b, _ in block_list], reserved=(ENCODER, ""))
         if isinstance(commit_every, bool) or int(commit_every) != commit_every or commit_every < 1:
             raise ValueError(f"commit_every must be an integer >= 1, got {commit_every!r}")
         if not commit_seconds >= 0:

@@ -124,6 +124,11 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
         blocks=[(b.name, b.numel) for b in parts.engine.blocks], method=cfg.method,
         seed=cfg.seed, schedule=cfg.schedule, resume=(run_dir / STORE_FILENAME).exists())
     monitor = Monitor(writer, parts.tasks, parts.engine.block_names)
+    # a frozen encoder has no shared gradients: nothing to take a Gramian of or to probe
+    instrumented = parts.engine.num_params > 0
+    if not instrumented and dist.is_main and (cfg.probe_every or cfg.log_train_gramians):
+        warnings.warn("the encoder is frozen (freeze_encoder=true): no shared gradients, so no "
+                      "Gramians, probes or counterfactuals are logged", stacklevel=3)
 
     def save(kinds: list[str], step: int, rng: tuple) -> None:
         # Every row before this checkpoint is committed first, so a run resumed from it never
@@ -177,7 +182,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                 save(kinds, step, rng)
                 if keep:
                     ckpt.rotate_checkpoints(checkpoints, cfg.keep_checkpoints, step)
-            if cfg.probe_every and (final or step % cfg.probe_every == 0):
+            if instrumented and cfg.probe_every and (final or step % cfg.probe_every == 0):
                 probed = probe(parts, step, parts.scheduler.get_last_lr()[0],
                                measure=cfg.measure_counterfactual)
                 if probed.fault is None:
@@ -205,8 +210,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                 parts.optimizer.step()
                 parts.scheduler.step()
                 monitor.train_step(step, active, result.losses, result.weights, result.output,
-                                   result.block_gramians if parts.schedule.is_joint and
-                                   cfg.log_train_gramians else None,
+                                   result.block_gramians if instrumented and
+                                   parts.schedule.is_joint and cfg.log_train_gramians else None,
                                    lr=lr, grad_norm=result.grad_norm,
                                    step_time=time.perf_counter() - t0)
                 bar.set_postfix({t: f"{v:.3f}" for t, v in zip(active, result.losses.tolist(),

@@ -1,4 +1,4 @@
-"""`gradlab demo` (the main job) end to end on a tiny random BERT: three runs, one budget."""
+"""`gradlab demo` (the main job) end to end on a tiny random BERT: four runs, one budget."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def _restore_threads():
 
 
 @pytest.mark.slow
-def test_demo_trains_three_runs_on_the_same_batches_and_writes_figures(tmp_path, tiny_overrides,
-                                                                      capsys):
+def test_demo_trains_four_runs_on_the_same_batches_and_writes_figures(tmp_path, tiny_overrides,
+                                                                     capsys):
     config = tmp_path / "demo.yaml"
     values = {k: v for k, v in tiny_overrides.items() if k != "runs_dir"}
     config.write_text(yaml.safe_dump({**values, "eval_every": 2}))
@@ -31,9 +31,11 @@ def test_demo_trains_three_runs_on_the_same_batches_and_writes_figures(tmp_path,
     assert "round_robin" in printed and "wrote" in printed
     table = pd.read_csv(runs_dir / "results.csv")
     steps = tiny_overrides["steps"]
-    assert list(table["method"]) == ["sum", "round_robin", "pcgrad"]
-    assert list(table["steps"]) == [steps, 3 * steps, steps]
-    for name in ("sum", "round_robin", "pcgrad"):
+    assert list(table["method"]) == ["sum", "round_robin", "pcgrad",
+                                     "frozen encoder (heads only)"]
+    assert list(table["steps"]) == [steps, 3 * steps, steps, steps]
+    assert "frozen encoder (heads only)" in printed
+    for name in ("sum", "round_robin", "pcgrad", "frozen"):
         losses = gradlab.load_run(runs_dir / name).losses()
         assert losses.groupby("task")["step"].nunique().to_dict() == {
             "sst": steps, "para": steps, "sts": steps}  # every task saw `steps` batches
@@ -44,6 +46,13 @@ def test_demo_trains_three_runs_on_the_same_batches_and_writes_figures(tmp_path,
     for name in ("sum", "round_robin", "pcgrad"):  # dev curves: evaluated during training
         evals = gradlab.load_run(runs_dir / name).evals()
         assert evals.groupby("task")["step"].nunique().min() == steps // 2
+    frozen = gradlab.load_run(runs_dir / "frozen")  # the baseline: heads only, no Gramians
+    assert frozen.config["freeze_encoder"] and frozen.method == "frozen"
+    assert frozen.blocks == [] and frozen.cosines().empty
+    _assert_encoder_unchanged(runs_dir / "frozen", tiny_overrides)
+    assert table.loc[3, "score"] != table.loc[0, "score"]  # fine-tuning changed something
+    compared = pd.read_csv(out / "compare.csv")
+    assert {"sum", "pcgrad", "round_robin", "frozen"} <= set(compared["method"])
     pngs = {p.stem for p in out.glob("*.png")}
     expected = {"compare", "training_curves", "training_loss", *(
         f"{kind}_{p}" for kind in ("cosine_probe", "conflict_rate_probe", "cosine_distribution")
@@ -52,6 +61,21 @@ def test_demo_trains_three_runs_on_the_same_batches_and_writes_figures(tmp_path,
         for n in ("sum", "round_robin", "pcgrad"))}  # fmt: skip
     assert expected <= pngs, sorted(expected - pngs)
     assert {p.stem for p in out.glob("*.pdf")} == pngs
+
+
+def _assert_encoder_unchanged(run_dir, overrides):
+    """The run's last checkpoint holds the encoder it started from, bit for bit."""
+    from safetensors.torch import load_file
+
+    from gradlab.build import build_model
+
+    model, _ = build_model(overrides["encoder"], ["sst", "para", "sts"],
+                           tiny_encoder=overrides["tiny_encoder"], seed=0)
+    saved = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
+    start = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    assert start and set(start) <= set(saved)
+    for key, value in start.items():
+        assert torch.equal(saved[key], value), key
 
 
 @pytest.mark.slow

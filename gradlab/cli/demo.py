@@ -1,8 +1,12 @@
-"""``gradlab demo``: sum, round-robin and PCGrad side by side on the embedded default.
+"""``gradlab demo``: sum, round-robin and PCGrad side by side on the embedded default, with
+the frozen-encoder baseline.
 
-Same seed, data, batch size and per-task examples for all three: the demo counts ``steps``
+Same seed, data, batch size and per-task examples for all four: the demo counts ``steps``
 per task (``step_budget=per_task``), so round-robin takes T times as many optimizer steps,
-one task each, and every task sees the same batches as in the joint runs.
+one task each, and every task sees the same batches as in the joint runs. The fourth run,
+"frozen", is the summed-loss run with the encoder frozen (``freeze_encoder=true``: the heads
+alone train, same batches and budget), so the table says what fine-tuning the encoder adds
+and what each method adds on top of it.
 
 During training each run is evaluated every ``eval_every`` batches per task on a fixed dev
 subset (the config's ``dev_limit`` first rows of each dev file: the training curves); at the
@@ -20,13 +24,16 @@ from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
-#: (run name, method, schedule) of the demo's three trainings
-DEMO_RUNS = (("sum", "sum", "joint"), ("round_robin", "sum", "round_robin"),
-             ("pcgrad", "pcgrad", "joint"))
+#: (run name, method, schedule, freeze_encoder) of the demo's trainings
+DEMO_RUNS = (("sum", "sum", "joint", False), ("round_robin", "sum", "round_robin", False),
+             ("pcgrad", "pcgrad", "joint", False), ("frozen", "sum", "joint", True))
+#: how the table names each run
+DEMO_LABELS = {"frozen": "frozen encoder (heads only)"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train sum, round-robin and PCGrad side by side (main job)")
+    p = sub.add_parser("demo", help="train sum, round-robin and PCGrad side by side, and the "
+                                    "frozen-encoder baseline (main job)")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--out", type=Path, default=Path("figures/demo"), help="figure folder")
@@ -37,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     again.add_argument("--force", action="store_true",
                        help="delete the demo's runs under --runs-dir and train them anew")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config changes applied to all three runs (e.g. steps=50)")
+                   help="config changes applied to all four runs (e.g. steps=50)")
     p.set_defaults(func=run)
 
 
@@ -50,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     base = load_config(args.config if args.config.is_file() else None, args.overrides)
     t0 = time.perf_counter()
     handles, full_dev = [], []
-    existing = [n for n, _, _ in DEMO_RUNS if (args.runs_dir / n).exists()]
+    existing = [n for n, *_ in DEMO_RUNS if (args.runs_dir / n).exists()]
     if existing and not (args.resume or args.force):
         raise ValueError(f"runs {existing} exist in {args.runs_dir}; keep the finished ones "
                          "and redo the rest with `gradlab demo --resume`, or start over with "
                          "`gradlab demo --force`")  # fmt: skip
-    for name, method, schedule in DEMO_RUNS:
+    for name, method, schedule, frozen in DEMO_RUNS:
         folder = args.runs_dir / name
         if args.force and folder.exists():
             shutil.rmtree(folder)
@@ -63,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         # T optimizer steps per batch of each task
         every = base.eval_every * (len(base.tasks) if schedule != "joint" else 1)
         settings = {"method": method, "schedule": schedule, "step_budget": "per_task",
-                    "eval_every": every}
+                    "eval_every": every, "freeze_encoder": frozen}
+        if frozen:  # no shared gradients: nothing to probe or take a Gramian of
+            settings.update(probe_every=0, log_train_gramians=False)
         handle = _finished(folder, base, settings) if args.resume else None
         if handle is None:
             if folder.exists():  # unfinished: its checkpoints are not the demo's to trust
@@ -76,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for handle, (m, eval_time) in zip(handles, full_dev, strict=True):
         rows.append({
-            "method": handle.name,
+            "method": DEMO_LABELS.get(handle.name, handle.name),
             "steps": handle.config.optimizer_steps,
             "SST acc": m.get("sst", {}).get("accuracy"),
             "PARA acc": m.get("para", {}).get("accuracy"),
@@ -127,7 +136,8 @@ def _finished(folder: Path, base, settings: dict):
                                 "runs_dir": str(folder.parent)})
     ran = load_run(folder).config
     keys = [k for k in ("steps", "seed", "method", "schedule", "batch_size", "lr", "encoder",
-                        "train_limit", "dev_limit", "eval_every", "probe_every")
+                        "train_limit", "dev_limit", "eval_every", "probe_every",
+                        "freeze_encoder")
             if ran.get(k) != to_dict(config).get(k)]
     if keys:
         return None  # trained with other settings: redo it

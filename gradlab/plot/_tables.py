@@ -85,11 +85,13 @@ def comparison_table(
 
 
 #: config keys that may differ between compared runs (what a comparison is about, or
-#: bookkeeping); any other difference is warned about
-VARYING_KEYS = {"name", "runs_dir", "method", "method_args", "schedule", "seed", "progress",
-                "threads", "device", "data_dir", "synthetic", "save_checkpoints",
-                "checkpoint_every", "keep_checkpoints", "probe_every", "eval_every",
-                "counterfactual_methods", "measure_counterfactual", "log_train_gramians"}
+#: bookkeeping); any other difference is warned about. freeze_encoder is what a comparison
+#: with the frozen-encoder baseline is about (its runs are the variant "frozen").
+VARYING_KEYS = {"name", "runs_dir", "method", "method_args", "schedule", "freeze_encoder",
+                "seed", "progress", "threads", "device", "data_dir", "synthetic",
+                "save_checkpoints", "checkpoint_every", "keep_checkpoints", "probe_every",
+                "eval_every", "counterfactual_methods", "measure_counterfactual",
+                "log_train_gramians"}
 
 
 def _warn_unlike(runs, split: str) -> None:

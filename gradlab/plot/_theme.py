@@ -35,6 +35,7 @@ TASK_COLORS = {"sst": "#0072B2", "para": "#E69F00", "sts": "#009E73"}
 # Paul Tol "muted" wine, olive, indigo: unlike any task colour.
 PAIR_COLORS = {"sst-para": "#882255", "sst-sts": "#999933", "para-sts": "#332288"}
 METHOD_COLORS = {
+    "frozen": "#0072B2",  # the frozen-encoder baseline (heads only), listed first
     "sum": "#000000",
     "mean": "#7F7F7F",
     "round_robin": "#D55E00",
@@ -64,6 +65,7 @@ _FALLBACK = [
 
 TASK_LABELS = {"sst": "SST", "para": "PARA", "sts": "STS", "overall": "Overall"}
 METHOD_LABELS = {
+    "frozen": "Frozen encoder (heads only)",
     "sum": "Sum",
     "mean": "Mean",
     "round_robin": "Round-robin",
