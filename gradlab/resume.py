@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 # Config keys a resumed run may change: none of them alters the trained parameters.
 RESUMABLE_CHANGES = ("name", "runs_dir", "data_dir", "progress", "threads", "device",
-                     "eval_batch_size", "nonfinite", "checkpoint_every", "keep_checkpoints",
-                     "save_checkpoints", "tokenization_cache")
+                     "eval_batch_size", "nonfinite", "max_skipped_share", "checkpoint_every",
+                     "keep_checkpoints", "save_checkpoints", "tokenization_cache")
 
 
 @dataclass
