@@ -107,8 +107,10 @@ def state_problems(state: dict[str, Any]) -> list[str]:
             problems.append(f"methods.{prefix}: expected a JSON object, found {_show(values)}")
     for task, values in state.get("batchers", {}).items() if _is_dict(
             state.get("batchers")) else ():
-        if not _is_dict(values) or not all(_is_int(v, 0, _INT64 - 1) for v in values.values()):
-            problems.append(f"batchers.{task}={_show(values)} must map names to integers >= 0")
+        # ranges are the batcher's own to check (load_state_dict names them)
+        if not _is_dict(values) or not all(_is_int(v, -_INT64, _INT64 - 1)
+                                           for v in values.values()):
+            problems.append(f"batchers.{task}={_show(values)} must map names to integers")
     if "optimizer" in state:
         problems += _optimizer_problems(state["optimizer"])
     if "scheduler" in state:
@@ -254,9 +256,10 @@ def _progress_problems(state: dict[str, Any], step: int | None) -> list[str]:
 
 
 def model_problems(model_state: dict[str, torch.Tensor]) -> list[str]:
-    """Non-finite model tensors (a model that is not finite is never saved)."""
-    return [f"tensor {name!r} is not finite" for name, t in model_state.items()
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    """Model tensors holding NaN (a model that is not finite is never saved; an infinite
+    value may be a buffer's, e.g. an attention mask, so only NaN is looked for)."""
+    return [f"tensor {name!r} holds NaN" for name, t in model_state.items()
+            if t.is_floating_point() and bool(torch.isnan(t).any())]
 
 
 def tensor_problems(model_state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],

@@ -261,6 +261,11 @@ def restore_training_state(path: str | Path, model_state: dict[str, torch.Tensor
     is loaded when the model's tensors or the optimizer's do not fit
     (``checkpoint_schema.check_fits``: no tensor is cast).
     """
+    missing, unexpected = ckpt.compare_keys(model.state_dict(), model_state)
+    if missing or unexpected:
+        raise ckpt.CheckpointError(f"checkpoint {path}: cannot restore the model: ValueError: "
+                                   f"missing {missing[:5]}, unexpected {unexpected[:5]} "
+                                   "(a different model or task set?)")
     check_fits(path, model_state, tensors, state, model=model, optimizer=optimizer)
     part = "model"
     try:

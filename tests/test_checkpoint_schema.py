@@ -155,7 +155,7 @@ CORRUPT = {
         lambda last: edit_tensors(last, "model.safetensors", lambda t: t[
             "heads.sts.weight" if "heads.sts.weight" in t else sorted(t)[-1]].fill_(
                 float("nan"))),
-        r"model\.safetensors is corrupt: tensor '.*' is not finite"),
+        r"model\.safetensors is corrupt: tensor '.*' holds NaN"),
 }
 
 
