@@ -43,16 +43,17 @@ def init_from_env(device: str = "cpu", backend: str | None = None) -> DistInfo:
     """
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistInfo()
-    cuda = device.startswith("cuda")
-    if cuda and device == "cuda":  # one GPU per rank on a node; "cuda:N" is the user's pick
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    index = None
+    if device.startswith("cuda"):  # "cuda": the GPU of the rank's LOCAL_RANK; "cuda:N": N
+        index = torch.device(device).index
+        index = int(os.environ.get("LOCAL_RANK", "0")) if index is None else index
+        torch.cuda.set_device(index)
     if not dist.is_initialized():
         backend = backend or choose_backend(device, cuda_available=torch.cuda.is_available(),
                                             nccl_available=dist.is_nccl_available())
         dist.init_process_group(backend=backend)
-    reduce_device = reduction_device(dist.get_backend(),
-                                     torch.cuda.current_device() if cuda else None)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), reduce_device)
+    return DistInfo(dist.get_rank(), dist.get_world_size(),
+                    reduction_device(dist.get_backend(), index))
 
 
 def choose_backend(device: str, *, cuda_available: bool, nccl_available: bool) -> str:
