@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,10 @@ def read_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {file}: {err}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{file} is corrupt (not UTF-8 JSON: {err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{file} is corrupt (JSON nested too deeply to parse)") from None
+    except ValueError as err:  # an integer past Python's 4300-digit limit
+        raise CheckpointError(f"{file} is corrupt ({err})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{file} is corrupt: expected a JSON object, found "
                               f"{type(state).__name__}")
@@ -333,13 +338,17 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
                           "checkpoints/best or checkpoints/last")
 
 
-def latest_checkpoint(folder: str | Path) -> tuple[Path, tuple[dict, dict, dict]] | None:
+def latest_checkpoint(folder: str | Path, check: Callable[[Path, dict, dict, dict], None]
+                      | None = None) -> tuple[Path, tuple[dict, dict, dict]] | None:
     """The newest readable checkpoint among ``last``, ``step-N`` and ``best`` (each holds a
     whole training state) in a run's checkpoints folder; ``last`` first at equal steps.
 
     Returns (path, (model_state, tensors, state)), or None when there is no checkpoint at all.
-    A corrupt candidate is skipped with a warning when an older one is readable; when none
-    is, CheckpointError lists what is wrong with each.
+    check: called as ``check(path, model_state, tensors, state)`` on each readable candidate;
+    a CheckpointError it raises makes the candidate count as corrupt (e.g.
+    ``gradlab.checkpoint_schema.check_training_state``). A corrupt candidate is skipped with
+    a warning when an older one is readable; when none is, CheckpointError lists what is
+    wrong with each.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -349,7 +358,7 @@ def latest_checkpoint(folder: str | Path) -> tuple[Path, tuple[dict, dict, dict]
         if p.name in ("last", "best") or _STEP_FOLDER.fullmatch(p.name):
             try:
                 step = float(read_state(p).get("step", math.inf))
-            except (CheckpointError, TypeError, ValueError):
+            except (CheckpointError, TypeError, ValueError, OverflowError):
                 step = math.inf  # unknown: possibly the newest, so tried (and reported) first
             rank = {"last": 0, "best": 2}.get(p.name, 1)
             candidates.append((step, rank, p))
@@ -357,6 +366,8 @@ def latest_checkpoint(folder: str | Path) -> tuple[Path, tuple[dict, dict, dict]
     for _, _, path in sorted(candidates, key=lambda c: (-c[0], c[1])):
         try:
             loaded = load_checkpoint(path)
+            if check is not None:
+                check(path, *loaded)
         except CheckpointError as err:
             problems.append(str(err))
             continue

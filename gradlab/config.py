@@ -102,6 +102,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1  # linear warmup share of the steps, then linear decay
     max_grad_norm: float | None = 1.0  # clip the update's norm; None: no clipping
     nonfinite: str = "error"  # "error" | "skip": what a NaN/inf loss or gradient does
+    # with nonfinite="skip": stop (naming the step) once more than this share of the run's
+    # optimizer steps were skipped (0: the first skip stops, 1: never stop)
+    max_skipped_share: float = 0.1
     # --- evaluation, probes, checkpoints ----------------------------------------------
     eval_every: int = 0  # evaluate on dev every N steps (0: only at the end)
     probe_every: int = 25  # compute all task gradients on fixed probe batches every N steps

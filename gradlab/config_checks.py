@@ -142,7 +142,7 @@ _FLOAT_RANGES = {"lr": (0, False, math.inf, False), "weight_decay": (0, True, ma
                  "encoder_weight_decay": (0, True, math.inf, False),
                  "max_grad_norm": (0, False, math.inf, False),
                  "warmup_ratio": (0, True, 1, False), "head_dropout": (0, True, 1, False),
-                 "eda_fraction": (0, True, 1, True)}
+                 "eda_fraction": (0, True, 1, True), "max_skipped_share": (0, True, 1, True)}
 
 
 def _number_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gradlab import checkpoint as ckpt
+from gradlab.checkpoint_schema import check_fits, check_training_state, optimizer_param_names
 from gradlab.config import TrainConfig, load_config, to_dict, upgrade_keys
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 # Config keys a resumed run may change: none of them alters the trained parameters.
 RESUMABLE_CHANGES = ("name", "runs_dir", "data_dir", "progress", "threads", "device",
-                     "eval_batch_size", "nonfinite", "checkpoint_every", "keep_checkpoints",
-                     "save_checkpoints", "tokenization_cache")
+                     "eval_batch_size", "nonfinite", "max_skipped_share", "checkpoint_every",
+                     "keep_checkpoints", "save_checkpoints", "tokenization_cache")
 
 
 @dataclass
@@ -62,7 +63,8 @@ def find_resume_point(run_dir: Path, cfg: TrainConfig) -> ResumePoint | None:
     checkpoint_dir = run_dir / "checkpoints"
     for action in ckpt.recover_checkpoints(checkpoint_dir):
         warnings.warn(action, RuntimeWarning, stacklevel=3)
-    found = ckpt.latest_checkpoint(checkpoint_dir)
+    # a checkpoint that is not a well-formed training state counts as corrupt: an older one
+    found = ckpt.latest_checkpoint(checkpoint_dir, check=check_training_state)
     if found is None:
         config_file = run_dir / "config.yaml"
         if config_file.is_file():
@@ -120,6 +122,7 @@ def save(folder: Path, kinds: list[str], parts: Parts, *, step: int, rng: tuple[
     tensors, state = training_state(
         optimizer=parts.optimizer, scheduler=parts.scheduler, methods=stateful_methods(parts),
         batchers=parts.batchers, rng=rng, step=step, config=config, tasks=parts.tasks,
+        param_names=optimizer_param_names(parts.model, parts.optimizer),
         best_score=progress.best_score if math.isfinite(progress.best_score) else None,
         skipped_steps=progress.skipped_steps, metrics=progress.metrics,
         saves=list(progress.saves), wall_time=progress.wall_time)
@@ -138,7 +141,9 @@ def stateful_methods(parts: Parts) -> dict[str, Any]:
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str
                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors (safetensors) and JSON values."""
+    """Split an optimizer state_dict into tensors (safetensors) and JSON values; "stateful"
+    lists the parameters that have state (the others never had a gradient), so that lost
+    moments are found on load."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -148,7 +153,8 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str
                 tensors[f"{prefix}.{idx}.{key}"] = value
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars,
+                     "stateful": sorted(int(idx) for idx in sd["state"])}
 
 
 def optimizer_from_flat(optimizer: torch.optim.Optimizer, prefix: str,
@@ -208,14 +214,19 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 def training_state(*, optimizer: torch.optim.Optimizer, scheduler: Any, methods: dict[str, Any],
                    batchers: dict[str, Any], rng: tuple[dict, dict], step: int,
+                   param_names: list[str] | None = None,
                    **values: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Everything a resumed run needs: (tensors for safetensors, JSON-able state).
 
     methods: name -> object with ``state_dict()`` ("method" for the run's method,
     "counterfactual.<name>" for the probes' hypothetical ones); batchers: task -> batcher;
-    rng: what ``rng_state()`` returned; values: further JSON-able entries (config, metrics...).
+    rng: what ``rng_state()`` returned; param_names: the model's name of each optimizer
+    parameter (``checkpoint_schema.optimizer_param_names``; lets a load check each moment
+    against its parameter); values: further JSON-able entries (config, metrics...).
     """
     tensors, optim_meta = optimizer_to_flat(optimizer, "optim")
+    if param_names is not None:
+        optim_meta["param_names"] = list(param_names)
     rng_tensors, rng_meta = rng
     tensors.update(rng_tensors)
     method_json = {}
@@ -246,14 +257,18 @@ def restore_training_state(path: str | Path, model_state: dict[str, torch.Tensor
     """Load a checkpoint into the parts of a run (inverse of ``training_state``); its step.
 
     The RNG states are restored last. Raises CheckpointError naming the part that does not
-    fit (a different model or task set, a corrupt or crafted state.json).
+    fit (a different model or task set, a corrupt or crafted state.json), before anything
+    is loaded when the model's tensors or the optimizer's do not fit
+    (``checkpoint_schema.check_fits``: no tensor is cast).
     """
+    missing, unexpected = ckpt.compare_keys(model.state_dict(), model_state)
+    if missing or unexpected:
+        raise ckpt.CheckpointError(f"checkpoint {path}: cannot restore the model: ValueError: "
+                                   f"missing {missing[:5]}, unexpected {unexpected[:5]} "
+                                   "(a different model or task set?)")
+    check_fits(path, model_state, tensors, state, model=model, optimizer=optimizer)
     part = "model"
     try:
-        missing, unexpected = ckpt.compare_keys(model.state_dict(), model_state)
-        if missing or unexpected:
-            raise ValueError(f"missing {missing[:5]}, unexpected {unexpected[:5]} "
-                             "(a different model or task set?)")
         model.load_state_dict(model_state)
         part = "optimizer"
         optimizer_from_flat(optimizer, "optim", tensors, state["optimizer"])
@@ -276,7 +291,8 @@ def restore_training_state(path: str | Path, model_state: dict[str, torch.Tensor
             raise ValueError(f"step {step!r} is not in 0..{max_step}")
         part = "random number generators"
         set_rng_state(tensors, state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError,
+            OverflowError, RecursionError) as err:
         raise ckpt.CheckpointError(f"checkpoint {path}: cannot restore the {part}: "
                               f"{type(err).__name__}: {err}") from None
     return step

@@ -5,10 +5,11 @@ then one flat loop. Every step: evaluation, checkpoint and probe when due; the s
 names the active tasks; ``train_step`` fills J, asks the method for task weights and writes
 wᵀJ to ``.grad``; AdamW and the LR schedule step; the monitor logs raw facts to the run
 store. A NaN or infinite loss or gradient stops the run naming the task, step and block
-(``nonfinite="error"``) or skips the step and counts it (``nonfinite="skip"``); the last
-good checkpoint is never overwritten. ``train(..., resume=True)`` continues a crashed or
-killed run from its checkpoint and ends bit for bit as the uninterrupted run would have (on
-CPU; see ``gradlab.resume``).
+(``nonfinite="error"``) or skips the step and counts it (``nonfinite="skip"``, stopping
+once more than ``max_skipped_share`` of the steps were skipped); the last good checkpoint
+is never overwritten. ``train(..., resume=True)`` continues a crashed or killed run from its
+checkpoint and ends bit for bit as the uninterrupted run would have (on CPU; see
+``gradlab.resume``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def train(config: TrainConfig | str | Path | None = None, *, resume: bool = Fals
     else:
         cfg = load_config(config, overrides)
     run_dir = resolve_run_dir(Path(cfg.runs_dir), cfg.name)
-    dist = init_from_env()  # torchrun sets RANK/WORLD_SIZE: every rank trains, only rank 0 writes
+    dist = init_from_env(cfg.device)  # torchrun: every rank trains, only rank 0 writes
     if dist.is_main:
         check_run_folder(run_dir, resume)  # before any data or model is loaded
     threads = torch.get_num_threads()
@@ -203,6 +204,12 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                 _nonfinite(cfg.nonfinite, f"step {step}: {result.fault}", "step", checkpoints)
                 progress.skipped_steps += 1
                 writer.log_scalars(step, {"skipped": 1.0})
+                if progress.skipped_steps > cfg.max_skipped_share * total:  # the skip budget
+                    raise NonFiniteError(
+                        f"step {step}: {progress.skipped_steps} of the run's {total} steps "
+                        f"were skipped (non-finite loss or gradient; this one: {result.fault}), "
+                        f"more than max_skipped_share={cfg.max_skipped_share} allows "
+                        f"({math.floor(cfg.max_skipped_share * total)})" + _last_good(checkpoints))
                 parts.optimizer.zero_grad(set_to_none=True)
                 parts.scheduler.step()
             else:

@@ -11,7 +11,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gradlab.distributed import DistInfo, average_gradients, average_scalar, shard
+from gradlab.distributed import (
+    DistInfo,
+    average_gradients,
+    average_scalar,
+    choose_backend,
+    init_from_env,
+    reduction_device,
+    shard,
+)
 from gradlab.engine import GradientEngine
 from gradlab.model import block_name, load_encoder
 
@@ -72,3 +80,59 @@ def test_shard_splits_evenly_and_refuses_uneven():
     with pytest.raises(ValueError, match="does not split evenly"):
         shard(np.arange(7), DistInfo(0, 2))
     assert shard(idx, DistInfo()) is idx
+
+
+# --- which backend, and where reduced tensors live -----------------------------------------
+
+
+@pytest.mark.parametrize(("device", "cuda", "nccl", "backend"), [
+    ("cpu", True, True, "gloo"),  # before: nccl whenever CUDA was visible, even for device=cpu
+    ("cpu", False, False, "gloo"),
+    ("cuda", True, True, "nccl"),
+    ("cuda:1", True, True, "nccl"),
+    ("cuda", True, False, "gloo"),  # a torch built without nccl: gloo reduces CUDA tensors
+])
+def test_the_backend_follows_the_configured_device(device, cuda, nccl, backend):
+    assert choose_backend(device, cuda_available=cuda, nccl_available=nccl) == backend
+
+
+def test_the_backend_of_an_impossible_device_is_refused():
+    with pytest.raises(ValueError, match="device='cuda' but no CUDA device is visible"):
+        choose_backend("cuda", cuda_available=False, nccl_available=True)
+    with pytest.raises(ValueError, match="device='tpu' must be 'cpu', 'cuda' or 'cuda:N'"):
+        choose_backend("tpu", cuda_available=True, nccl_available=True)
+
+
+def test_reduced_tensors_live_where_the_backend_needs_them():
+    assert reduction_device("gloo") == "cpu"
+    assert reduction_device("gloo", 1) == "cpu"  # a run on a GPU, reduced by gloo on the CPU
+    assert reduction_device("nccl", 1) == "cuda:1"
+    assert reduction_device("nccl") == "cuda:0"
+
+
+def test_without_torchrun_a_single_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_from_env("cpu") == DistInfo(0, 1, "cpu")
+    assert average_scalar(2.5, DistInfo()) == 2.5
+
+
+def _torchrun_worker(rank: int, world: int, port: int, out: str) -> None:
+    # the variables torchrun sets; the backend comes from device="cpu"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    info = init_from_env("cpu")
+    mean = average_scalar(float(rank + 1), info)
+    if rank == 0:
+        with open(out, "w") as f:
+            f.write(f"{dist.get_backend()} {info.reduce_device} {info.world_size} {mean}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_init_from_env_joins_a_gloo_group_for_a_cpu_run(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rank0.txt"
+    mp.spawn(_torchrun_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    assert out.read_text() == "gloo cpu 2 1.5"

@@ -3,6 +3,8 @@ a zero or tiny task gradient never gives NaN weights or a crash in any method or
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import warnings
 
@@ -17,6 +19,7 @@ from safetensors.torch import load_file
 import gradlab
 from gradlab import checkpoint as ckpt
 from gradlab import stats
+from gradlab.cli import main
 from gradlab.methods import METHODS, MethodInput, get_method
 from gradlab.step import train_step
 from gradlab.training import NonFiniteError
@@ -124,7 +127,7 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_skip_counts_skipped_steps_and_probes_in_the_store_and_the_handle(tmp_path):
-    values = config(tmp_path, "skip", nonfinite="skip", probe_every=3)
+    values = config(tmp_path, "skip", nonfinite="skip", probe_every=3, max_skipped_share=0.2)
     # seven NaN backward passes after step 2: the probe of step 3 (2 replicates of sst, para,
     # sts), then step 3's first task
     with pytest.warns(RuntimeWarning) as caught:
@@ -149,13 +152,73 @@ def test_skip_counts_skipped_steps_and_probes_in_the_store_and_the_handle(tmp_pa
 
 def test_skip_cannot_save_a_broken_model(tmp_path):
     # NaN weights (not gradients) cannot be skipped away: the next checkpoint refuses them
-    values = config(tmp_path, "broken", nonfinite="skip", probe_every=0)
+    values = config(tmp_path, "broken", nonfinite="skip", probe_every=0, max_skipped_share=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(NonFiniteError, match=r"step 4: parameter 'heads.sts.*' is not "
                                                  r"finite; not saving it; the last good "
                                                  r"checkpoint is kept: .*\(step 2\)"):
             train(values, nan_head_after(2, "sts"))
+
+
+@contextlib.contextmanager
+def nan_embeddings():
+    """Every training forward pass of the encoder's embeddings gives NaN (a global module
+    hook: it reaches the model the real CLI builds; evaluation, in eval mode, stays finite)."""
+    def hook(module, args, output):
+        if type(module).__name__ == "BertEmbeddings" and module.training:
+            return output * math.nan
+        return None
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _cli_args(values: dict) -> list[str]:
+    return [f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
+            for k, v in values.items()]
+
+
+def test_skip_stops_the_cli_once_more_than_the_budget_was_skipped(tmp_path, capsys):
+    # before: a run that skipped every step exited 0
+    values = config(tmp_path, "budget", nonfinite="skip", probe_every=0, steps=24)
+    with nan_embeddings(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "step skipped" warnings
+        assert main(["train", *_cli_args(values)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    last = tmp_path / "budget" / "checkpoints" / "last"
+    assert lines == [
+        "gradlab train: error: step 2: 3 of the run's 24 steps were skipped (non-finite loss "
+        "or gradient; this one: non-finite loss nan of task 'sst'), more than "
+        f"max_skipped_share=0.1 allows (2); the last good checkpoint is kept: {last} (step 2)"]
+    run = gradlab.load_run(tmp_path / "budget")
+    assert run.status == "failed"
+    assert run.scalars("skipped")["step"].tolist() == [0, 1, 2]
+    assert ckpt.read_state(last)["skipped_steps"] == 2
+
+
+def test_skip_budget_of_one_never_stops(tmp_path, capsys):
+    values = config(tmp_path, "no-budget", nonfinite="skip", probe_every=0, steps=6,
+                    max_skipped_share=1)
+    with nan_embeddings(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["train", *_cli_args(values)]) == 0
+    assert gradlab.load_run(tmp_path / "no-budget").scalars("skipped")["step"].tolist() == \
+        list(range(6))
+    assert ckpt.read_state(tmp_path / "no-budget" / "checkpoints" / "last")[
+        "skipped_steps"] == 6
+
+
+def test_skip_budget_is_a_config_key_with_a_range():
+    from gradlab.config import ConfigError, load_config
+
+    assert load_config(None, ["max_skipped_share=0.25"]).max_skipped_share == 0.25
+    for bad in ("1.5", "-0.1", ".nan", "true"):
+        with pytest.raises(ConfigError, match="max_skipped_share="):
+            load_config(None, [f"max_skipped_share={bad}"])
 
 
 # --- zero and tiny task gradients -------------------------------------------------------------
