@@ -116,6 +116,10 @@ class RunWriter:
         }
         try:
             self._conn = self._connect()
+            if resume and self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                    ).fetchone() is None:
+                resume = False  # killed inside its creating transaction: empty, so start anew
             if resume:
                 self._check_resumable()
                 meta["resumed_at"] = _now()

@@ -165,3 +165,28 @@ def test_an_evaluation_is_one_kill_point_and_the_tokenization_cache_rename_one(t
     lines = (tmp_path / "writes.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].endswith(f"-> {tmp_path / 'cache' / 'sst-x.npz'}")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sst-x.npz"]
+
+
+def test_a_store_killed_inside_its_creating_transaction_is_resumed_as_new(tmp_path,
+                                                                          monkeypatch):
+    """Found by the kill point inside transactions: the empty SQLite file such a kill leaves
+    made ``--resume`` fail ('no such table: meta') and ``train`` refuse the folder."""
+    from gradlab import store_writer
+    from gradlab.store import RunWriter, open_store_readonly
+
+    def killed(what: str) -> None:
+        raise _Killed
+
+    options = dict(name="run", config={}, tasks=["sst"], blocks=[("layer.0", 4)],
+                   method="sum", seed=0, schedule="joint")
+    monkeypatch.setattr(store_writer, "write_point", killed)
+    with pytest.raises(_Killed):
+        RunWriter(tmp_path / "run", **options)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "run.sqlite").is_file()
+    writer = RunWriter(tmp_path / "run", resume=True, **options)
+    writer.log_scalars(0, {"loss": 1.0}, task="sst")
+    writer.close()
+    con = open_store_readonly(tmp_path / "run")
+    assert dict(con.execute("SELECT key, value FROM meta").fetchall())["status"] == "finished"
+    con.close()
