@@ -15,7 +15,14 @@ checkpoints.
 
 A run's ``checkpoints/`` folder holds ``last`` (what a resumed run continues from), ``best``
 (best dev score) and, with ``checkpoint_every``, the newest ``keep`` periodic ``step-N``
-folders; ``last`` shares the files of the ``step-N`` saved with it (hard links).
+folders. Checkpoints of one unit share one set of files (hard links; copies where the file
+system refuses links), and the optimizer state (``train_state.safetensors``, twice the
+model's size with Adam) is kept only where a resume needs it: ``last`` and ``step-N`` always
+hold it; ``best`` holds it only while it is the run's sole resume point (saved before any
+``last``), or linked when saved in one unit with ``last``. A ``best`` saved after a ``last``
+exists holds the model and ``state.json`` only, and a unit with ``last`` drops the optimizer
+state of an older ``best``. Such a ``best`` serves ``evaluate`` / ``predict``
+(``load_checkpoint(training_state=False)``) and is no resume point.
 
 This module only reads and writes folders; what a training state holds and how it is put
 back into a run's parts is ``gradlab.resume``'s.
@@ -72,11 +79,13 @@ def save_step(folder: str | Path, kinds: list[str], *, model_state: dict[str, to
               tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> list[Path]:
     """Save the checkpoints ``kinds`` of one step in ``folder``, all or none of them.
 
-    The first kind is written in full, the others share its files (hard links, copies where
-    links are refused), all under ``folder/.save-<step>/``; one ``os.replace`` of the
-    manifest then commits the unit, and the folders are renamed into place (replacing older
-    ones). A kill before the commit leaves the older checkpoints; after it,
-    ``recover_checkpoints`` finishes the renames. Returns the checkpoint folders.
+    One kind (the first but ``best``) is written in full, the others share its files (hard
+    links, copies where links are refused), all under ``folder/.save-<step>/``; a ``best``
+    saved on its own once ``last`` exists leaves out the optimizer state (see the module's
+    notes). One ``os.replace`` of the manifest then commits the unit, and the folders are
+    renamed into place (replacing older ones). A kill before the commit leaves the older
+    checkpoints; after it, ``recover_checkpoints`` finishes the renames. Returns the
+    checkpoint folders.
     """
     folder = Path(folder)
     if not kinds or len(set(kinds)) != len(kinds):
@@ -88,17 +97,16 @@ def save_step(folder: str | Path, kinds: list[str], *, model_state: dict[str, to
         if stage.exists():
             shutil.rmtree(stage)
         stage.mkdir()
-        first = stage / kinds[0]
-        first.mkdir()
-        _write_folder(first, model_state, tensors, state)
-        for kind in kinds[1:]:
-            (stage / kind).mkdir()
-            for name in FILES:
-                try:
-                    os.link(first / name, stage / kind / name)
-                except OSError:
-                    shutil.copy2(first / name, stage / kind / name)
-            write_point(f"linked {stage / kind}")
+        # written in full once, under the first kind that resumes (best only if it is alone)
+        full = next((k for k in kinds if k != "best"), kinds[0])
+        # a best saved on its own after a last exists is no resume point: model only
+        weights_only = kinds == ["best"] and _is_complete(folder / "last")
+        (stage / full).mkdir()
+        _write_folder(stage / full, model_state, tensors, state, train_state=not weights_only)
+        for kind in kinds:
+            if kind != full:
+                (stage / kind).mkdir()
+                _share(stage / full, stage / kind, FILES)
         manifest = folder / f"{_MANIFEST}.tmp{os.getpid()}"
         manifest.write_text(json.dumps({"stage": stage.name, "kinds": kinds}), encoding="utf-8")
         write_point(f"wrote {manifest}")
@@ -113,17 +121,35 @@ def save_step(folder: str | Path, kinds: list[str], *, model_state: dict[str, to
 
 
 def _write_folder(tmp: Path, model_state: dict[str, torch.Tensor],
-                  tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """The files of a checkpoint; state.json last: its presence marks a whole folder."""
+                  tensors: dict[str, torch.Tensor], state: dict[str, Any], *,
+                  train_state: bool = True) -> None:
+    """The files of a checkpoint; state.json last: its presence marks a whole folder.
+    train_state=False leaves out train_state.safetensors (a checkpoint to evaluate only)."""
     save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
               str(tmp / "model.safetensors"))
     write_point(f"wrote {tmp / 'model.safetensors'}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-              str(tmp / "train_state.safetensors"))
-    write_point(f"wrote {tmp / 'train_state.safetensors'}")
+    if train_state:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                  str(tmp / "train_state.safetensors"))
+        write_point(f"wrote {tmp / 'train_state.safetensors'}")
     payload = {"format_version": FORMAT_VERSION, **state}
     (tmp / "state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     write_point(f"wrote {tmp / 'state.json'}")
+
+
+def _share(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    """Give the folder ``target`` the files ``names`` of ``source`` that exist: hard links
+    (checkpoint files are never modified in place, only replaced or unlinked), copies where
+    the file system refuses links. A write point after each file."""
+    for name in names:
+        if not (source / name).is_file():
+            continue
+        try:
+            os.link(source / name, target / name)
+            write_point(f"linked {target / name}")
+        except OSError:
+            shutil.copy2(source / name, target / name)
+            write_point(f"copied {target / name}")
 
 
 def _finish_unit(folder: Path) -> list[str]:
@@ -152,6 +178,12 @@ def _finish_unit(folder: Path) -> list[str]:
             replace(target, old)
         replace(new, target)
         actions.append(f"completed the save of {target} (interrupted)")
+    best_state = folder / "best" / "train_state.safetensors"
+    if "last" in kinds and "best" not in kinds and best_state.exists():
+        # the new last (a newer resume point) makes the older best's optimizer state dead
+        # weight; repeated harmlessly when a kill comes before the manifest is removed
+        os.unlink(best_state)
+        write_point(f"removed {best_state}")
     os.unlink(manifest)
     write_point(f"removed {manifest}")
     shutil.rmtree(stage, ignore_errors=True)
@@ -168,11 +200,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> Path:
     source, path = Path(source), Path(path)
     tmp = _temporary(path)
     try:
-        for name in FILES:
-            try:
-                os.link(source / name, tmp / name)
-            except OSError:
-                shutil.copy2(source / name, tmp / name)
+        _share(source, tmp, FILES)
         _swap_in(tmp, path)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -340,8 +368,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
 
 def latest_checkpoint(folder: str | Path, check: Callable[[Path, dict, dict, dict], None]
                       | None = None) -> tuple[Path, tuple[dict, dict, dict]] | None:
-    """The newest readable checkpoint among ``last``, ``step-N`` and ``best`` (each holds a
-    whole training state) in a run's checkpoints folder; ``last`` first at equal steps.
+    """The newest readable checkpoint among ``last``, ``step-N`` and ``best`` (when it holds
+    a whole training state) in a run's checkpoints folder; ``last`` first at equal steps.
 
     Returns (path, (model_state, tensors, state)), or None when there is no checkpoint at all.
     check: called as ``check(path, model_state, tensors, state)`` on each readable candidate;
@@ -355,6 +383,8 @@ def latest_checkpoint(folder: str | Path, check: Callable[[Path, dict, dict, dic
         return None
     candidates = []
     for p in folder.iterdir():
+        if p.name == "best" and not (p / "train_state.safetensors").exists():
+            continue  # weights only (saved after a last): not a resume point
         if p.name in ("last", "best") or _STEP_FOLDER.fullmatch(p.name):
             try:
                 step = float(read_state(p).get("step", math.inf))

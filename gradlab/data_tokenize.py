@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradlab.data_files import DataWarning, LabelKind, TaskExamples
+from gradlab.rundir import replace
 
 __all__ = [
     "TokenizedTask",
@@ -167,7 +168,7 @@ def _save_npz(cache_file: Path, key: tuple[Any, ...], tokenized: TokenizedTask) 
         arrays[f"ids_{c}"], arrays[f"offsets_{c}"] = ids, offsets
     tmp = cache_file.with_name(f"{cache_file.stem}.tmp{os.getpid()}.npz")
     np.savez(tmp, **arrays)
-    os.replace(tmp, cache_file)
+    replace(tmp, cache_file)  # os.replace and a kill point (gradlab.rundir)
 
 
 def _load_npz(cache_file: Path, key: tuple[Any, ...], examples: TaskExamples

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradlab.rundir import RunLock
+from gradlab.rundir import RunLock, write_point
 from gradlab.store_reader import read_meta
 from gradlab.store_schema import (
     COLUMNS,
@@ -117,6 +117,10 @@ class RunWriter:
         }
         try:
             self._conn = self._connect()
+            if resume and self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                    ).fetchone() is None:
+                resume = False  # killed inside its creating transaction: empty, so start anew
             if resume:
                 self._check_resumable()
                 meta["resumed_at"] = _now()
@@ -231,6 +235,8 @@ class RunWriter:
     def log_eval(self, step: int, split: str, task: str, metrics: dict[str, float]) -> None:
         """One row per metric of one task (or task 'overall') on one split."""
         step = self._note_step(step)
+        if not any(row[0] == step for row in self._rows["evals"]):
+            write_point(f"evaluating step {step} (kill point: rows of an evaluation buffered)")
         self._rows["evals"].extend(
             (step, split, task, str(m), _float(v)) for m, v in metrics.items())
 
@@ -393,6 +399,7 @@ class RunWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
+            write_point(f"open transaction on {self.path} (kill point: not yet committed)")
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -31,12 +32,18 @@ pytestmark = pytest.mark.slow
 
 #: name -> config changes of the tiny run
 CASES = {
-    "periodic": {"steps": 8, "eval_every": 4, "checkpoint_every": 4, "keep_checkpoints": 1},
+    # evaluations between checkpoints: a best saved alone before any last (whole state), one
+    # saved after a last (weights only) and a last whose unit drops an older best's optimizer
+    # state; the tokenization cache written (and renamed) by the run itself
+    "periodic": {"steps": 8, "eval_every": 2, "checkpoint_every": 4, "keep_checkpoints": 1,
+                 "tokenization_cache": "<runs>/tokens"},
     "final-only": {"steps": 8, "eval_every": 0, "checkpoint_every": 0},
 }
 
 
 def _values(runs_dir: Path, name: str, changes: dict) -> dict:
+    changes = {k: v.replace("<runs>", str(runs_dir)) if isinstance(v, str) else v
+               for k, v in changes.items()}
     return tiny_config(runs_dir, **{
         "name": name, "runs_dir": str(runs_dir), "train_limit": 48, "dev_limit": 16,
         "max_length": 24, "eval_batch_size": 16, "probe_every": 4, "method": "pcgrad",
@@ -68,7 +75,14 @@ def _points(case: str) -> list[tuple[str, int]]:
 
 #: the write points of each case's uninterrupted run (checked by the first test). A change in
 #: how a run writes changes these counts: update them, and every new point is then killed.
-_COUNTS = {"periodic": 28, "final-only": 14}
+#: Were 28 and 14 (periodic then evaluated every 4 steps, without a tokenization cache).
+#: Now periodic: 6 tokenization cache renames (train and dev of three tasks), config 2, 10
+#: SQLite transactions (killed before their COMMIT), 4 evaluations (killed with their rows
+#: buffered), saves at steps 2 (best alone: 8), 4 and 8 (13 each: 3 files written, 3 linked,
+#: manifest, commit, renames, the older best's optimizer state dropped at step 4, cleanup), 1
+#: rotation, metrics.json 2. final-only: 14 + 7 transactions + 1 evaluation + 2 (a point per
+#: linked file, was one per linked folder).
+_COUNTS = {"periodic": 59, "final-only": 24}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -76,6 +90,12 @@ def test_the_kill_points_cover_every_write_of_the_run(uninterrupted, case):
     reference, writes = uninterrupted[case]
     assert len(writes) == _COUNTS[case], "\n".join(writes)
     assert any("commit.json" in w for w in writes)  # checkpoint saves are among them
+    for kind in ("open transaction", "evaluating step", "linked"):  # issue 14's harness gaps
+        assert any(kind in w for w in writes), kind
+    if case == "periodic":  # the tokenization cache, and a last dropping best's train state
+        assert sum("/tokens/" in w for w in writes) == 6
+        assert any(w.endswith("best/train_state.safetensors") and " removed " in w
+                   for w in writes)
 
 
 @pytest.mark.parametrize(("case", "kill_after"), [p for c in CASES for p in _points(c)])
@@ -87,7 +107,7 @@ def test_a_run_killed_after_any_write_resumes_to_the_identical_result(tmp_path, 
     assert run_cli(_argv(values), log=log, kill_after=kill_after) == -9, log.read_text()
     run_dir = tmp_path / "run"
     if (run_dir / "config.yaml").is_file():
-        if (run_dir / "run.sqlite").is_file():
+        if _store_created(run_dir):
             assert run_status(run_dir) in ("dead", "finished")
         argv = ["train", "--resume", str(run_dir), "progress=false"]
     else:  # killed before the run wrote its config: nothing of it to resume
@@ -98,9 +118,22 @@ def test_a_run_killed_after_any_write_resumes_to_the_identical_result(tmp_path, 
     _assert_identical(run_dir, reference)
 
 
+def _store_created(run_dir: Path) -> bool:
+    """True when run.sqlite exists and its first transaction (schema and meta) committed; a
+    kill inside that transaction leaves an empty SQLite file, which ``--resume`` recreates."""
+    if not (run_dir / "run.sqlite").is_file():
+        return False
+    con = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'"
+                           ).fetchone()[0] == 1
+    finally:
+        con.close()
+
+
 #: (case, the write its first run is killed after) -> the write points of the resumed run: a
 #: committed checkpoint save it finishes, then the rest of the run
-_RESUME_COUNTS = {("final-only", 8): 6, ("periodic", 20): 8}
+_RESUME_COUNTS = {("final-only", 15): 13, ("periodic", 48): 15}
 
 
 def _kill_then(tmp_path: Path, case: str, first: int, **resume) -> tuple[Path, int]:

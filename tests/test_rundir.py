@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import doctest
+import sqlite3
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from gradlab import rundir
@@ -92,3 +94,99 @@ def test_a_folder_made_by_another_process_between_the_check_and_mkdir_is_taken(
     with RunLock(run_dir) as lock:
         assert not lock.created
     assert seen
+
+
+# --- kill points (the SIGKILLs themselves: tests/test_kill_points.py) --------------------------
+
+
+def test_write_points_are_logged_when_asked_and_free_otherwise(tmp_path, monkeypatch):
+    log = tmp_path / "writes.txt"
+    monkeypatch.delenv("GRADLAB_KILL_AFTER", raising=False)
+    monkeypatch.delenv("GRADLAB_WRITE_LOG", raising=False)
+    rundir.write_atomic(tmp_path / "a.txt", "a")
+    assert not log.exists()
+    monkeypatch.setenv("GRADLAB_WRITE_LOG", str(log))
+    rundir.write_atomic(tmp_path / "b.txt", "b")
+    lines = log.read_text().splitlines()
+    assert [line.split(" ", 2)[1] for line in lines] == ["wrote", "replace"]
+    assert lines[1].endswith(f"-> {tmp_path / 'b.txt'}")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_the_store_kill_point_is_inside_the_open_transaction(tmp_path, monkeypatch):
+    """Killed at the store's kill point, a transaction's rows are not committed: the point
+    sits between the statements and COMMIT (with SIGKILL, SQLite discards them the same)."""
+    from gradlab import store_writer
+    from gradlab.store import RunWriter
+
+    writer = RunWriter(tmp_path / "run", name="run", config={}, tasks=["sst"],
+                       blocks=[("layer.0", 4)], method="sum", seed=0, schedule="joint")
+    writer.log_scalars(1, {"loss": 1.0}, task="sst")
+    writer.flush()
+    points = []
+
+    def write_point(what: str) -> None:
+        points.append(what)
+        if what.startswith("open transaction"):
+            raise _Killed
+
+    monkeypatch.setattr(store_writer, "write_point", write_point)
+    writer.log_scalars(2, {"loss": 2.0}, task="sst")
+    with pytest.raises(_Killed):
+        writer.flush()
+    con = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    assert con.execute("SELECT step FROM scalars").fetchall() == [(1,)]
+    con.close()
+    assert points == [f"open transaction on {tmp_path / 'run' / 'run.sqlite'} "
+                      "(kill point: not yet committed)"]
+
+
+def test_an_evaluation_is_one_kill_point_and_the_tokenization_cache_rename_one(tmp_path,
+                                                                              monkeypatch):
+    from gradlab import data_tokenize, store_writer
+    from gradlab.store import RunWriter
+
+    points = []
+    monkeypatch.setattr(store_writer, "write_point", points.append)
+    writer = RunWriter(tmp_path / "run", name="run", config={}, tasks=["sst", "para"],
+                       blocks=[("layer.0", 4)], method="sum", seed=0, schedule="joint")
+    points.clear()
+    for task in ("sst", "para", "overall"):
+        writer.log_eval(4, "dev", task, {"accuracy": 0.5})
+    assert points == ["evaluating step 4 (kill point: rows of an evaluation buffered)"]
+    writer.close()
+    monkeypatch.setenv("GRADLAB_WRITE_LOG", str(tmp_path / "writes.txt"))
+    tokenized = data_tokenize._frozen("sst", "class", [np.arange(3, dtype=np.int32)],
+                                      [np.array([0, 3])], np.array([1]))
+    data_tokenize._save_npz(tmp_path / "cache" / "sst-x.npz", ("k",), tokenized)
+    lines = (tmp_path / "writes.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"-> {tmp_path / 'cache' / 'sst-x.npz'}")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sst-x.npz"]
+
+
+def test_a_store_killed_inside_its_creating_transaction_is_resumed_as_new(tmp_path,
+                                                                          monkeypatch):
+    """Found by the kill point inside transactions: the empty SQLite file such a kill leaves
+    made ``--resume`` fail ('no such table: meta') and ``train`` refuse the folder."""
+    from gradlab import store_writer
+    from gradlab.store import RunWriter, open_store_readonly
+
+    def killed(what: str) -> None:
+        raise _Killed
+
+    options = dict(name="run", config={}, tasks=["sst"], blocks=[("layer.0", 4)],
+                   method="sum", seed=0, schedule="joint")
+    monkeypatch.setattr(store_writer, "write_point", killed)
+    with pytest.raises(_Killed):
+        RunWriter(tmp_path / "run", **options)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "run.sqlite").is_file()
+    writer = RunWriter(tmp_path / "run", resume=True, **options)
+    writer.log_scalars(0, {"loss": 1.0}, task="sst")
+    writer.close()
+    con = open_store_readonly(tmp_path / "run")
+    assert dict(con.execute("SELECT key, value FROM meta").fetchall())["status"] == "finished"
+    con.close()
