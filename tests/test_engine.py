@@ -283,3 +283,11 @@ def test_gradient_dtype_config_reaches_training_and_probe_engines():
     cos = torch.nn.functional.cosine_similarity
     assert cos(d32, d16, dim=0) > 0.999  # the PCGrad update barely moves
     torch.testing.assert_close(g16, g32, rtol=1e-2, atol=1e-9)
+
+
+def test_doctests():
+    import doctest
+
+    from gradlab import engine
+
+    assert doctest.testmod(engine).failed == 0
