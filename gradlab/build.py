@@ -129,7 +129,7 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
                                task=t, drop_last=cfg.drop_last) for t in tasks}
     shared = model.shared_parameters()
     engine = GradientEngine([p for _, p in shared], [block_name(n) for n, _ in shared],
-                            num_tasks=len(tasks))
+                            num_tasks=len(tasks), dtype=getattr(torch, cfg.gradient_dtype))
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 encoder_lr=cfg.encoder_lr,
                                 encoder_weight_decay=cfg.encoder_weight_decay)

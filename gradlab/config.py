@@ -120,6 +120,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the forward passes)
+    # storage of the per-task gradients J [T, P]: "float32" | "bfloat16" (half the memory;
+    # Gramians still summed in float64, the update in float32); float16 is refused (range)
+    gradient_dtype: str = "float32"
 
     @property
     def optimizer_steps(self) -> int:

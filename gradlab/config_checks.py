@@ -126,7 +126,13 @@ def _choice_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
     choices = {"method": sorted(METHODS), "schedule": sorted(SCHEDULES),
                "step_budget": ["optimizer", "per_task"], "pooling": ["mean", "cls"],
                "nonfinite": ["error", "skip"], "precision": ["fp32", "bf16"]}
+    choices["gradient_dtype"] = ["float32", "bfloat16"]
+    # float16 with its reason (benchmarks/dtype_check.py: 40% of MiniLM's gradient values)
+    why = {("gradient_dtype", "float16"): " (float16 is refused: many gradient values lie "
+           "below its normal range, 6e-5, and lose precision or flush to 0; bfloat16 has "
+           "float32's range)"}
     return [f"{key}={show(getattr(cfg, key))} is not one of {allowed}"
+            + why.get((key, getattr(cfg, key)), "")
             for key, allowed in choices.items()
             if key not in bad and getattr(cfg, key) not in allowed]
 

@@ -75,7 +75,8 @@ def probe_engine(parts: Parts) -> GradientEngine:
         return parts.engine
     engine = parts.probe_engine
     if engine is None or engine.num_tasks < rows or engine.params[0] is not parts.engine.params[0]:
-        engine = GradientEngine(parts.engine.params, _param_block_names(parts.engine), rows)
+        engine = GradientEngine(parts.engine.params, _param_block_names(parts.engine), rows,
+                                dtype=parts.engine.dtype)
         parts.probe_engine = engine
     return engine
 
