@@ -54,6 +54,14 @@ class CalibratedAccessors:
         return self._calibrated("noise_scale", "b_noise", window, blocks, level, units,
                                 batch_size=batch_size or self._probe_batch_size())
 
+    def raw_cosine_spread(self, window: int | None = 5,
+                          blocks: str | Sequence[str] | None = None, level: float = 0.95,
+                          units: str = "auto") -> pd.DataFrame:
+        """Standard deviation of one raw cross-task cosine between probe batches per pair
+        (`gradlab.calibration.pair_frame`, "raw_cos_sd"): a raw cosine lies within +- z times
+        it if the expected cosine were 0 (the noise-only band). Pooled as `expected_cosines`."""
+        return self._calibrated("expected_cosines", "raw_cos_sd", window, blocks, level, units)
+
     def _probe_batch_size(self) -> int:
         from gradlab.config import TrainConfig
 
