@@ -106,7 +106,8 @@ def expected_cosine_over_training(
     if legend:
         handles = [Line2D([], [], color=_theme.pair_color(p), lw=1.6, marker="o", ms=3,
                           label=_theme.pair_label(p)) for p in pairs]
-        handles.append(Patch(color="0.6", alpha=0.35, label=f"{level:.0%} interval"))
+        handles.append(Patch(facecolor=_theme.pair_color(pairs[0]), alpha=0.25, lw=0,
+                             label=f"{level:.0%} interval"))  # pair-coloured, as drawn
         if cos is not None:
             handles.append(Line2D([], [], ls="none", marker="o", ms=3.2, mfc="none", mec="0.3",
                                   label="raw cosine"))
