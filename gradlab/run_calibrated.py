@@ -22,7 +22,8 @@ __all__ = ["CalibratedAccessors"]
 
 
 class CalibratedAccessors:
-    """expected_cosines, within_task_cosines and noise_scale of a run (see `gradlab.run`)."""
+    """expected_cosines, within_task_cosines, noise_scale and raw_cosine_spread of a run (see
+    `gradlab.run`)."""
 
     def expected_cosines(self, window: int | None = 5, blocks: str | Sequence[str] | None = None,
                          level: float = 0.95, units: str = "auto") -> pd.DataFrame:
@@ -54,6 +55,14 @@ class CalibratedAccessors:
         return self._calibrated("noise_scale", "b_noise", window, blocks, level, units,
                                 batch_size=batch_size or self._probe_batch_size())
 
+    def raw_cosine_spread(self, window: int | None = 5,
+                          blocks: str | Sequence[str] | None = None, level: float = 0.95,
+                          units: str = "auto") -> pd.DataFrame:
+        """Standard deviation of one raw cross-task cosine between probe batches per pair
+        (`gradlab.calibration.pair_frame`, "raw_cos_sd"): a raw cosine lies within +- z times
+        it if the expected cosine were 0 (the noise-only band). Pooled as `expected_cosines`."""
+        return self._calibrated("raw_cosine_spread", "raw_cos_sd", window, blocks, level, units)
+
     def _probe_batch_size(self) -> int:
         from gradlab.config import TrainConfig
 
@@ -66,7 +75,7 @@ class CalibratedAccessors:
                                    or window < 1):
             raise ValueError(f"window must be a number of probe steps >= 1 or None (all), "
                              f"got {window!r}")
-        per_task = kind != "expected_cosines"
+        per_task = kind not in ("expected_cosines", "raw_cosine_spread")
         frame = calibration.task_frame if per_task else calibration.pair_frame
         frames = []
         for g in self._replicate_gramians(blocks):

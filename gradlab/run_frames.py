@@ -50,6 +50,8 @@ COLUMNS = {  # accessor -> its columns after the identity columns
                          *_ESTIMATE),
     "within_task_cosines": ("step", "first_step", "block", "task", *_ESTIMATE),
     "noise_scale": ("step", "first_step", "block", "task", *_ESTIMATE),
+    "raw_cosine_spread": ("step", "first_step", "block", "pair", "task_a", "task_b",
+                          *_ESTIMATE),
 }
 
 

@@ -42,6 +42,10 @@ FIGURE_KINDS = {
     "gradient_arrows": lambda runs, w: plot.run_figures(_pcgrad(runs))["gradient_arrows"](w),
     "gradient_arrows_pair": lambda runs, w: plot.run_figures(_pcgrad(runs))[
         "gradient_arrows_pair"](w),
+    # replicate probes: expected cosines with gaps, and the raw cosine's noise-only band
+    "expected_cosine": lambda runs, w: plot.run_figures(_pcgrad(runs))["expected_cosine"](w),
+    "cosine_probe_noise_band": lambda runs, w: plot.run_figures(_pcgrad(runs))[
+        "cosine_probe"](w),
 }
 
 

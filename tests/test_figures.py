@@ -28,7 +28,7 @@ def test_figures_command_writes_every_figure(run_dir, tmp_path, capsys):
     assert "wrote" in printed.out
     names = {p.stem for p in out.glob("*.png")}
     for name in ("conflicts", "layer_heatmap_sst-para", "training_curves", "cosine_probe",
-                 "projection_rate", "gradient_arrows"):
+                 "projection_rate", "gradient_arrows", "expected_cosine"):
         assert name in names, f"{name}.png not written; found {sorted(names)}"
     assert {p.stem for p in out.glob("*.pdf")} == names
 

@@ -80,8 +80,8 @@ AXES_CASES = [
     (plot.conflict_rate, {"window": 10}, PAIRS),
     (plot.projection_rate, {"window": 10}, ["SST→PARA", "PARA→SST"]),
     (plot.task_weights, {}, TASKS),
-    (plot.layer_heatmap, {"pair": "sst-para"}, ["SST–PARA", "Layer 1", "Embeddings"]),
-    (plot.s_conflict_bars, {"pair": "sst-para"}, ["SST–PARA", "Layer 1", "Embeddings"]),
+    (plot.layer_heatmap, {"pair": "sst-para"}, ["SST–PARA", "layer.0", "embeddings"]),
+    (plot.s_conflict_bars, {"pair": "sst-para"}, ["SST–PARA", "layer.0", "embeddings"]),
     (plot.cosine_distribution, {}, PAIRS),
     (plot.cosine_distribution, {"kind": "ecdf", "pair": "sst-para"}, ["SST–PARA"]),
     (plot.gradient_norms, {}, TASKS),
@@ -188,7 +188,7 @@ def test_dataframe_input_matches_run_input(run):
 
 def test_layer_heatmap_orders_blocks_and_centres_colours(run):
     ax = plot.layer_heatmap(run, pair="para-sst", source="probe", cbar=False)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["Embeddings", "Layer 1", "Layer 2"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["embeddings", "layer.0", "layer.1"]
     mesh = ax.collections[0]
     lo, hi = mesh.get_clim()
     assert lo == pytest.approx(-hi)
@@ -505,7 +505,9 @@ def test_theme_colours_and_labels():
     assert plot.pair_label("sst-para") == "SST–PARA"
     assert plot.pair_label("sts→para") == "STS→PARA"
     assert plot.method_label("round_robin") == "Round-robin"
-    assert plot.block_label("layer.0") == "Layer 1"
+    # one block naming in frames and figures: the data's own names
+    for block in ("embeddings", "layer.0", "layer.11", "pooler", "encoder"):
+        assert plot.block_label(block) == block
     with plot.theme_context():
         assert matplotlib.rcParams["pdf.fonttype"] == 42
         assert matplotlib.rcParams["font.size"] < 10  # paper context

@@ -36,6 +36,8 @@ DOCUMENTED = {  # the spec's columns after the identity columns
                         "measured_delta"],
     "expected_cosines": ["step", "first_step", "block", "pair", "task_a", "task_b",
                          "estimate", "lo", "hi", "n", "level", "units", "reason"],
+    "raw_cosine_spread": ["step", "first_step", "block", "pair", "task_a", "task_b",
+                          "estimate", "lo", "hi", "n", "level", "units", "reason"],
     "within_task_cosines": ["step", "first_step", "block", "task", "estimate", "lo", "hi", "n",
                             "level", "units", "reason"],
     "noise_scale": ["step", "first_step", "block", "task", "estimate", "lo", "hi", "n",

@@ -97,7 +97,7 @@ def test_accessors_are_every_frame_accessor_of_run():
     frame_accessors = {name for name, member in inspect.getmembers(Run, inspect.isfunction)
                        if not name.startswith("_") and name not in
                        ("gramian", "gramian_series", "to_parquet")}
-    assert set(ACCESSORS) == frame_accessors and len(ACCESSORS) == 18
+    assert set(ACCESSORS) == frame_accessors and len(ACCESSORS) == 19
 
 
 @pytest.mark.parametrize("name", ACCESSORS)

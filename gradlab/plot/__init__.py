@@ -25,6 +25,7 @@ from gradlab.plot._axes import (
     task_weights,
     training_curves,
 )
+from gradlab.plot._calibrated import expected_cosine_over_training
 from gradlab.plot._catalogue import (
     comparison_figures,
     run_figures,
@@ -59,6 +60,7 @@ __all__ = [
     # axes-level
     "training_curves",
     "cosine_over_training",
+    "expected_cosine_over_training",
     "conflict_rate",
     "projection_rate",
     "task_weights",

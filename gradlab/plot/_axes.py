@@ -21,7 +21,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from gradlab.plot import _data, _theme
+from gradlab.plot import _calibrated, _data, _theme
 from gradlab.plot._data import get_frame
 from gradlab.plot._draw import (
     BAND,
@@ -160,13 +160,18 @@ def cosine_over_training(
     errorbar: Errorbar = BAND,
     legend: str | bool = "outside",
     x: str = "auto",
+    noise_band: bool = True,
     ax: Axes | None = None,
 ) -> Axes:
     """Cosine similarity of each task pair's gradients over training, zero line marked.
 
     ``source``: "train" (every training step), "probe" (fixed probe batches, the fair
     comparison with round-robin) or None (train if every run logged it, else probe).
-    ``x``: "step", "task_batches" or "auto", as in `training_curves`.
+    ``x``: "step", "task_batches" or "auto", as in `training_curves`. ``noise_band``: a
+    grey band where a raw cosine (or its ``smooth``-step mean) lies, 95%, if the expected
+    cosine were 0 (`Run.raw_cosine_spread` of the replicate probes; drawn for a Run or
+    Runs with replicate probes, on the step axis, and for train cosines when train and
+    probe batches are equally large).
 
     >>> ax = cosine_over_training(run, pair="sst-para", smooth=20)  # doctest: +SKIP
     """
@@ -174,7 +179,11 @@ def cosine_over_training(
                               pair=pair, smooth=smooth, ax=ax, blocks=block)
     df, xlabel = _x_axis(data, df, x)
     ax.axhline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
+    banded = noise_band and xlabel == "Step" and _calibrated.cosine_band(
+        ax, data, df, block=block, source=source, smooth=smooth)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
+    if banded:
+        _calibrated.add_noise_entry(ax, legend)
     ax.set(xlabel=xlabel, ylabel="Cosine similarity")
     _title(ax, _one_pair(df) + _where(block, source, smooth), df)
     return ax
@@ -190,17 +199,26 @@ def conflict_rate(
     errorbar: Errorbar = BAND,
     legend: str | bool = "outside",
     x: str = "auto",
+    noise_band: bool = True,
     ax: Axes | None = None,
 ) -> Axes:
     """Share of the last ``window`` logged steps where a pair's cosine was negative.
 
     With a DataFrame the rate column is drawn as it is (its window was chosen when the
     frame was made by ``Run.conflicts(window=...)``). ``x`` as in `training_curves`.
+    ``noise_band``: a grey band where the rate lies, 95%, if the expected cosine were 0
+    (1/2 +- z sqrt(1/4n) over the n steps in the window,
+    `gradlab.calibration.noise_only_conflict_band`; on the step axis).
     """
     df, source, ax = _prepare(data, "conflicts", ["pair", "conflict_rate"], source=source,
                               block=block, pair=pair, ax=ax, window=window, blocks=block)
     df, xlabel = _x_axis(data, df.rename(columns={"conflict_rate": "value"}), x)
+    banded = noise_band and xlabel == "Step"  # the window counts steps
+    if banded:
+        _calibrated.conflict_band(ax, df, window)
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
+    if banded:
+        _calibrated.add_noise_entry(ax, legend)
     ax.set(xlabel=xlabel, ylabel="Conflict rate (cos < 0)", ylim=(-0.02, 1.02))
     _title(ax, _one_pair(df) + _where(block, source) + f" · {window}-step window", df)
     return ax

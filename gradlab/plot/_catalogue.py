@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from gradlab.plot import _axes, _data, _summaries, _theme
 from gradlab.plot._arrows import gradient_arrows
+from gradlab.plot._calibrated import expected_cosine_over_training, has_replicates
 from gradlab.plot._export import export, resolve_width
 from gradlab.plot._figures import compare, plot_conflicts
 from gradlab.plot._layout import axes_figure, legend_below
@@ -47,7 +48,8 @@ RUN_FIGURES: tuple[tuple[str, Callable, dict], ...] = (
 
 
 def run_figures(run) -> dict[str, Callable[[str | float], Figure]]:
-    """Every figure of one run: file name -> function of the width that builds it."""
+    """Every figure of one run: file name -> function of the width that builds it (with
+    "expected_cosine" when the run has replicate probes)."""
     figures: dict[str, Callable[[str | float], Figure]] = {
         "conflicts": lambda width: plot_conflicts(run, width=width)
     }
@@ -56,6 +58,8 @@ def run_figures(run) -> dict[str, Callable[[str | float], Figure]]:
                                                 source="probe")  # fmt: skip
     for name, fn, kwargs in RUN_FIGURES:
         figures[name] = _one(fn, run, **kwargs)
+    if has_replicates(run):  # replicate probes (K >= 2): the noise-corrected cosines
+        figures["expected_cosine"] = _one(expected_cosine_over_training, run)
     return figures
 
 

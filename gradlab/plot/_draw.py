@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
 
 from gradlab.plot import _data, _theme
 from gradlab.plot._data import get_frame
@@ -198,6 +200,46 @@ def _task_lines(
         seed=0, ax=ax, legend=bool(legend), marker="o" if sparse else None,
     )  # fmt: skip
     _legend(ax, legend)
+    _distinguish_methods(ax, variants)
+
+
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def method_style(k: int, n: int) -> dict:
+    """Line width, marker and layer of the k-th of n methods: earlier methods wider, with
+    larger markers and lower, so runs with identical curves all stay visible (a thin line
+    and small marker over a wide one of another colour)."""
+    share = (n - 1 - k) / max(n - 1, 1)
+    lw, ms = plt.rcParams["lines.linewidth"], plt.rcParams["lines.markersize"]
+    return {"lw": lw * (0.6 + 0.8 * share), "marker": METHOD_MARKERS[k % len(METHOD_MARKERS)],
+            "ms": ms * (0.5 + 0.5 * share), "zorder": 2.0 + 0.1 * k}
+
+
+def _distinguish_methods(ax: Axes, variants: Sequence[str]) -> None:
+    """Give each method's lines (found by their theme colour) and legend entries its
+    `method_style`; dense curves carry a marker every ~1/8 of their points, staggered by
+    method, so coinciding curves show every method's marker."""
+    if len(variants) < 2:
+        return
+    styles = {mcolors.to_rgb(_theme.method_color(v)): method_style(k, len(variants))
+              for k, v in enumerate(variants)}
+    offsets = {c: k for k, c in enumerate(styles)}
+    legend = ax.get_legend()
+    handles = list(legend.legend_handles) if legend is not None else []
+    for line in [*ax.get_lines(), *handles]:
+        if not isinstance(line, Line2D):
+            continue
+        color = mcolors.to_rgb(line.get_color())
+        if color not in styles:
+            continue
+        style = styles[color]
+        line.set(lw=style["lw"], marker=style["marker"], markersize=style["ms"],
+                 zorder=style["zorder"], markeredgecolor="white", markeredgewidth=0.4)
+        n = len(line.get_xdata())
+        if n > 12 and line not in handles:
+            every = max(2, n // 8)
+            line.set_markevery((offsets[color] * every // len(styles), every))
 
 
 def _hue_for_pairs(df: pd.DataFrame, *, bars: bool):
@@ -256,6 +298,7 @@ def _pair_lines(ax: Axes, df: pd.DataFrame, *, errorbar, legend, ordered: bool =
             if line.get_linestyle() not in ("-", "None"):
                 line.set_zorder(line.get_zorder() + 0.5)
     _legend(ax, legend)
+    _distinguish_methods(ax, variants)
 
 
 def _is_forward(pair: str) -> bool:

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.lines import Line2D
 
-from gradlab.plot import _axes, _data, _draw, _layout, _summaries, _theme
+from gradlab.plot import _axes, _calibrated, _data, _draw, _layout, _summaries, _theme
 from gradlab.plot._export import resolve_width
 from gradlab.plot._tables import _dev_subset, as_runs, comparison_table
 
@@ -33,6 +33,7 @@ def plot_conflicts(
     smooth: int | str | None = "auto",
     heatmap_pair=None,
     heatmap_method: str | None = None,
+    expected_window: int = 5,
     width: str | float | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
@@ -45,6 +46,10 @@ def plot_conflicts(
     to draw (None: all). ``smooth``: trailing mean over that many steps for the per-step
     curves; "auto" takes 1/40 of the logged span. ``heatmap_pair`` defaults to the first
     drawn pair; ``heatmap_method`` picks the method shown when the runs hold several.
+    One run with replicate probes (``probe_replicates`` >= 2) shows the expected cosine of
+    the task gradients (`expected_cosine_over_training`, pooled over ``expected_window``
+    probe steps) in place of the magnitude similarity; the cosine and conflict-rate panels
+    carry their noise-only bands.
     ``width``: the width it is built for (a preset of `export` or inches; default an ICML
     page): below 5 inches the panels stack in one column. ``figsize`` overrides the size.
 
@@ -72,11 +77,20 @@ def plot_conflicts(
         fig, axes = plt.subplots(6 // cols, cols, figsize=figsize, layout="constrained")
         a_cos, a_conf, a_gms, a_proj, a_heat, a_norm = axes.flat
         common = {"source": source, "block": block}
-        _axes.cosine_over_training(cos, pair=pairs, smooth=smooth, legend=False, ax=a_cos, **common)
+        _axes.cosine_over_training(run_or_runs, pair=pairs, smooth=smooth, legend=False, ax=a_cos,
+                                   **common)
         _axes.conflict_rate(run_or_runs, pair=pairs, window=window, ax=a_conf, **common)
-        _axes.magnitude_similarity(
-            run_or_runs, pair=pairs, smooth=smooth, legend=False, ax=a_gms, **common
-        )
+        calibrated = _one_run_with_replicates(run_or_runs)
+        if calibrated is not None:  # noise-corrected cosines replace magnitude similarity
+            _calibrated.expected_cosine_over_training(
+                calibrated, pair=pairs, window=expected_window, block=block, ax=a_gms,
+                legend="outside",
+            )  # fmt: skip
+            a_gms.set_ylabel("Cosine")
+        else:
+            _axes.magnitude_similarity(
+                run_or_runs, pair=pairs, smooth=smooth, legend=False, ax=a_gms, **common
+            )
         projected = _has_projections(run_or_runs)
         if projected:
             _axes.projection_rate(run_or_runs, pair=pairs, window=window, ax=a_proj)
@@ -93,7 +107,8 @@ def plot_conflicts(
         titles = {
             a_cos: "Cosine per task pair",
             a_conf: f"Conflict rate{wrap}({window}-step window)",
-            a_gms: "Gradient magnitude similarity",
+            a_gms: f"Expected cosine{wrap}(noise-corrected, {expected_window} probes)"
+            if calibrated is not None else "Gradient magnitude similarity",
             a_proj: f"PCGrad projection rate{wrap}({window}-step window)"
             if projected else f"S-conflict per layer{wrap}(S = 0)",
             a_heat: f"{_theme.pair_label(heatmap_pair)} cosine per layer"
@@ -109,7 +124,8 @@ def plot_conflicts(
         fig.suptitle(_suptitle(cos, source, block, smooth), x=0.01, ha="left",
                      fontsize="medium", linespacing=1.4)  # fmt: skip
         # one legend under the panels: legends beside them would squeeze the data
-        _layout.legend_below(fig, [a_conf, a_proj, a_norm], title="", fontsize="small")
+        a_conf.set_ylabel("Conflict rate")  # "cos < 0" and the window are in the title
+        _layout.legend_below(fig, [a_conf, a_gms, a_proj, a_norm], title="", fontsize="small")
     return fig
 
 
@@ -176,9 +192,13 @@ def compare(
         for ax in list(axes)[n:]:
             ax.set_visible(False)
         handles = [
+            Line2D([], [], color=_theme.method_color(v), label=_theme.method_label(v),
+                   **{k: x for k, x in _draw.method_style(i, len(variants)).items()
+                      if k != "zorder"})
+            for i, v in enumerate(variants)
+        ] if len(variants) > 1 else [
             Line2D([], [], color=_theme.method_color(v), lw=1.6, marker="o", ms=3,
-                   label=_theme.method_label(v))
-            for v in variants
+                   label=_theme.method_label(v)) for v in variants
         ]  # fmt: skip
         seeds = table.groupby("method")["n"].max()
         note = (
@@ -215,6 +235,13 @@ def _auto_smooth(cos: pd.DataFrame, smooth) -> int | None:
     window = int((steps[-1] - steps[0]) // 40)
     # a window shorter than two logging intervals would average a single point
     return window if window >= 2 * np.median(np.diff(steps)) else None
+
+
+def _one_run_with_replicates(data):
+    """The Run when ``data`` is one run with replicate probes (K >= 2), else None."""
+    runs = getattr(data, "runs", None)
+    run = runs[0] if runs is not None and len(runs) == 1 else data if runs is None else None
+    return run if run is not None and _calibrated.has_replicates(run) else None
 
 
 def _has_projections(data) -> bool:

@@ -209,13 +209,12 @@ def method_label(method: str) -> str:
 
 
 def block_label(block: str, short: bool = False) -> str:
-    """Readable block name: "layer.0" -> "Layer 1" (short: "L1"), 1-based as BERT papers count."""
-    if block.startswith("layer.") and block[6:].isdigit():
-        return f"{'L' if short else 'Layer '}{int(block[6:]) + 1}"
-    names = {"embeddings": "Embeddings", "pooler": "Pooler", "encoder": "Encoder"}
-    if short:
-        names = {"embeddings": "Emb.", "pooler": "Pool.", "encoder": "Enc."}
-    return names.get(block, block)
+    """A block's name in figures: the data's own name ("embeddings", "layer.0" ... 0-based as
+    in the model's parameter names, "pooler", "encoder"), so a label read off a heatmap or
+    legend is what ``block=`` and the frames' ``block`` column take. One naming everywhere;
+    ``short`` is accepted for backward compatibility and changes nothing."""
+    del short
+    return str(block)
 
 
 def metric_label(metric: str) -> str:
