@@ -156,6 +156,10 @@ def example_gramians(model: MultitaskModel, batches: Mapping[str, Mapping[str, t
         raise ValueError(f"sts_loss must be 'mse' for per-example gradients, found {sts_loss!r}"
                          ": 1 - Pearson r is a loss of the whole batch, with no per-example "
                          "term")
+    pearson = [t for t in batches if getattr(model.task_specs[t], "loss", None) == "pearson"]
+    if pearson:
+        raise ValueError(f"tasks {pearson} are trained with 1 - Pearson r, a loss of the whole "
+                         "batch with no per-example term (regression_loss='mse' has one)")
     modules = _parameter_modules(model.encoder)
     all_blocks = list(dict.fromkeys(block for _, _, block in modules))
     if blocks is None:

@@ -223,6 +223,12 @@ def test_takes_what_gradients_takes(examples, loaded):
         example_gradients(loaded.model, examples)
     with pytest.raises(ValueError, match="holds examples of task 'sst'"):
         example_gradients(loaded, {"para": examples["sst"]})
+    from gradlab.probing import load_model
+
+    pearson = load_model(None, tiny_encoder=TINY_ENCODER, regression_loss="pearson")
+    with pytest.raises(ValueError, match=r"tasks \['sts'\] are trained with 1 - Pearson r"):
+        example_gradients(pearson, {"sts": examples["sts"]})
+    example_gradients(pearson, {"sst": examples["sst"]})  # other tasks have per-example losses
 
 
 def test_choose_strategy_counts_multiply_adds():
