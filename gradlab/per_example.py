@@ -41,6 +41,8 @@ Example (the tests do the same on a tiny BERT)::
     grads.gramian.shape                        # [48, 48]
     grads.alignment()                          # cosine of each example with each task's mean
     grads.extremes(k=5)                        # most conflicting / aligned examples per pair
+    # the inputs of gradlab.gradients work too: a LoadedModel / checkpoint, in-memory tuples
+    example_gradients(gradlab.load_model(), {"sst": [("A film.", 4)], "sts": [("a", "b", 2.5)]})
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ An example probe stores each example's id, task and loss with the per-example Gr
 [B, N, N] (`gradlab.probe.example_probe`); the texts and labels are re-read here from the
 run's training files by id (the files its config names, as ``gradlab.build`` reads them).
 A mixin of `gradlab.run.Run`: it reads through the run's ``reader`` and uses its ``name``,
-``method``, ``seed``, ``schedule`` and ``config``.
+``method``, ``seed``, ``schedule`` and ``config``. These accessors are per run: `gradlab.Runs`
+does not forward them and ``to_parquet`` does not write them (they raise, rather than return
+an empty frame, for a run that logged no example probes).
 
     >>> run = gradlab.load_run("runs/demo/pcgrad")               # doctest: +SKIP
     >>> run.conflicting_examples(k=3)                             # doctest: +SKIP
