@@ -112,6 +112,9 @@ class TrainConfig:
     probe_replicates: int = 2  # K independent probe batches per task (K >= 2: calibration)
     counterfactual_methods: list[str] = field(default_factory=lambda: ["sum", "mean", "pcgrad"])
     measure_counterfactual: bool = False  # virtual step per method on probe steps (costly)
+    # per-example gradient Gramian of N training examples (about N/T per task) every N steps
+    example_probe_every: int = 0  # 0: off
+    example_probe_size: int = 48  # N examples, drawn per (seed, step) from the training sets
     log_train_gramians: bool = True  # log the Gramian of every joint training step
     checkpoint_every: int = 0  # save checkpoints/last (and step-N) every N steps; 0: at the end
     keep_checkpoints: int = 2  # periodic step-N checkpoints kept (besides last and best)

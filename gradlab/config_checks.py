@@ -55,6 +55,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     p += _recipe_problems(cfg, bad)
     p += _encoder_problems(cfg, bad)
     p += _device_problems(cfg, bad)
+    p += _example_probe_problems(cfg, bad)
     return p
 
 
@@ -141,7 +142,7 @@ def _choice_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
 _INT_RANGES = {"steps": 1, "batch_size": 1, "eval_batch_size": 1, "max_length": 8,
                "probe_batch_size": 1, "eval_every": 0, "probe_every": 0, "checkpoint_every": 0,
                "keep_checkpoints": 0, "train_limit": 1, "dev_limit": 1, "threads": 1,
-               "probe_replicates": 1}
+               "probe_replicates": 1, "example_probe_every": 0}
 #: number keys -> (low, low inclusive, high, high inclusive)
 _FLOAT_RANGES = {"lr": (0, False, math.inf, False), "weight_decay": (0, True, math.inf, False),
                  "encoder_lr": (0, False, math.inf, False),
@@ -431,3 +432,32 @@ def _device_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
 
 
 __all__ = ["config_problems", "key_of", "show"]
+
+
+def _example_probe_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
+    """example_probe_size: at least 2 examples per task (a leave-one-out task mean needs
+    another example); per-example losses: no 1 - Pearson r (a loss of the whole batch)."""
+    if "example_probe_every" in bad or not cfg.example_probe_every:
+        return []
+    p = []
+    tasks = cfg.tasks if isinstance(cfg.tasks, list) else []
+    size = cfg.example_probe_size
+    if "example_probe_size" not in bad and not 2 * max(len(tasks), 1) <= size <= 4096:
+        p.append(f"example_probe_size={show(size)} must be an integer in "
+                 f"[{2 * max(len(tasks), 1)}, 4096] (2 examples per task at least) when "
+                 "example_probe_every > 0")
+    if "regression_loss" not in bad and cfg.regression_loss == "pearson":
+        from gradlab.config import task_table_args
+        from gradlab.tasks import TaskTableError, task_table
+
+        try:
+            table = task_table(**task_table_args(cfg))
+        except TaskTableError:
+            return p
+        regression = [t for t, spec in table.items() if spec.loss == "pearson"]
+        if regression:
+            p.append(f"example_probe_every={show(cfg.example_probe_every)}: per-example "
+                     f"gradients need a per-example loss, but regression_loss='pearson' (1 - "
+                     f"Pearson r over the batch) is the loss of {regression}; use "
+                     "regression_loss='mse' or example_probe_every=0")
+    return p

@@ -41,6 +41,8 @@ Example (the tests do the same on a tiny BERT)::
     grads.gramian.shape                        # [48, 48]
     grads.alignment()                          # cosine of each example with each task's mean
     grads.extremes(k=5)                        # most conflicting / aligned examples per pair
+    # the inputs of gradlab.gradients work too: a LoadedModel / checkpoint, in-memory tuples
+    example_gradients(gradlab.load_model(), {"sst": [("A film.", 4)], "sts": [("a", "b", 2.5)]})
 """
 
 from __future__ import annotations
@@ -84,37 +86,41 @@ STRATEGIES = ("auto", "ghost", "dense")
 ENCODER = "encoder"
 
 
-def example_gradients(model: MultitaskModel, examples: Mapping[str, TaskExamples], *,
-                      tokenizer: Any, blocks: Sequence[str] | None = None,
-                      max_length: int = 64, sts_loss: str = "mse",
-                      strategy: str = "auto") -> ExampleGradients:
+def example_gradients(model: Any, examples: Mapping[str, Any], *,
+                      tokenizer: Any = None, blocks: str | Sequence[str] | None = None,
+                      limit: int | None = None, max_length: int | None = None,
+                      sts_loss: str = "mse", strategy: str = "auto") -> ExampleGradients:
     """Per-example gradient Gramian [N, N] and per-block Gramians [B, N, N] of ``examples``.
 
-    examples: task -> TaskExamples (``gradlab.data.load_task`` / ``read_task_file``, or a
-    subset from `sample_examples`); N is the total count, ordered task by task as given.
-    tokenizer: the encoder's tokenizer (``gradlab.model.load_tokenizer``). blocks: names of
-    the encoder blocks to compute (default all); the Gramian is the sum over them.
-    max_length: truncation as in training (``collate``). sts_loss: "mse" only, since
-    1 - Pearson r couples the examples of a batch and has no per-example term.
+    model: a ``MultitaskModel`` (then ``tokenizer`` is required), or what
+    ``gradlab.gradients`` takes (a `gradlab.probing.LoadedModel`, a checkpoint or run
+    folder, a config file, a TrainConfig or None). examples: what ``gradlab.gradients``
+    takes (`gradlab.probing.parse_examples`): task -> a list of ``(sentence, label)`` /
+    ``(sentence1, sentence2, label)`` tuples, the path of a task file (its first ``limit``
+    rows), or a ``TaskExamples`` (``gradlab.data.load_task``, `sample_examples`). N is the
+    total count, ordered task by task as given.
+    tokenizer: the encoder's tokenizer (default: the loaded model's). blocks: names of the
+    encoder blocks to compute ("layers" or None: all; the training runs' blocks); the
+    Gramian is the sum over them. max_length: truncation as in training (default: the loaded
+    model's config, else 64). sts_loss: "mse" only, since 1 - Pearson r couples the examples
+    of a batch and has no per-example term.
     An example's gradient is that of its own loss term (a batch's mean-loss gradient is the
     mean of its examples' gradients).
     """
-    if not isinstance(examples, Mapping) or not examples:
-        raise TypeError("examples must be a non-empty mapping task -> TaskExamples, found "
-                        f"{type(examples).__name__}")
-    unknown = [t for t in examples if t not in model.tasks]
-    if unknown:
-        raise ValueError(f"examples has tasks {unknown} that the model has no head for; "
-                         f"model tasks: {model.tasks}")
-    for task, data in examples.items():
-        if not isinstance(data, TaskExamples):
-            raise TypeError(f"examples[{task!r}] must be a TaskExamples, found "
-                            f"{type(data).__name__}")
-        if not data.labelled:
-            raise ValueError(f"examples[{task!r}] has no labels (read from an unlabelled "
-                             "file): a per-example loss needs the label")
-        if len(data) == 0:
-            raise ValueError(f"examples[{task!r}] is empty")
+    from gradlab.probing import load_model, parse_examples
+
+    if isinstance(model, MultitaskModel):
+        if tokenizer is None:
+            raise TypeError("tokenizer is required with a MultitaskModel (or pass a "
+                            "LoadedModel, checkpoint or config, which carry theirs)")
+        max_length = 64 if max_length is None else max_length
+    else:
+        loaded = load_model(model)
+        model, tokenizer = loaded.model, tokenizer or loaded.tokenizer
+        max_length = loaded.config.max_length if max_length is None else max_length
+    if isinstance(blocks, str) and blocks == "layers":
+        blocks = None
+    examples = parse_examples(examples, model.tasks, limit)
     special = special_token_ids(tokenizer)
     device = next(model.parameters()).device
     batches = {}
@@ -152,6 +158,10 @@ def example_gramians(model: MultitaskModel, batches: Mapping[str, Mapping[str, t
         raise ValueError(f"sts_loss must be 'mse' for per-example gradients, found {sts_loss!r}"
                          ": 1 - Pearson r is a loss of the whole batch, with no per-example "
                          "term")
+    pearson = [t for t in batches if getattr(model.task_specs[t], "loss", None) == "pearson"]
+    if pearson:
+        raise ValueError(f"tasks {pearson} are trained with 1 - Pearson r, a loss of the whole "
+                         "batch with no per-example term (regression_loss='mse' has one)")
     modules = _parameter_modules(model.encoder)
     all_blocks = list(dict.fromkeys(block for _, _, block in modules))
     if blocks is None:

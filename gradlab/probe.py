@@ -152,6 +152,47 @@ def probe(parts: Parts, step: int, lr: float, *, measure: bool = False) -> Probe
         model.train(was_training)
 
 
+def example_probe_counts(sizes: Mapping[str, int], size: int) -> dict[str, int]:
+    """Examples per task of an example probe of ``size``: about size/T each (the first
+    size % T tasks one more), at most a task's training-set size."""
+    T = len(sizes)
+    return {t: min(n, size // T + (k < size % T)) for k, (t, n) in enumerate(sizes.items())}
+
+
+def example_probe(parts: Parts, step: int, size: int):  # -> gradlab.per_example.ExampleGradients
+    """Per-example gradient Gramians [B, N, N] of ``size`` training examples (about size/T
+    per task, `example_probe_counts`) in eval mode, parameters unchanged.
+
+    Task t's examples are ``probe_indices(N_t, n_t, parts.seed, "examples", step, t)`` in
+    ascending order: named by (seed, step, task), never by the method or schedule, and drawn
+    from their own generator, so a probe consumes none of the training RNG. Every example is
+    whole on this process (not sharded); the returned ExampleGradients has ids and labels
+    but empty texts (`gradlab.run.Run.example_gradients` re-reads them from the task files).
+    """
+    from gradlab.data import collate
+    from gradlab.per_example import ExampleGradients, example_gramians
+
+    counts = example_probe_counts({t: len(parts.train_sets[t].tokenized) for t in parts.tasks},
+                                  size)
+    index = {t: np.sort(probe_indices(len(parts.train_sets[t].tokenized), n, parts.seed,
+                                      "examples", step, t))
+             for t, n in counts.items() if n > 0}
+    batches = {}
+    for t, rows in index.items():
+        batch = collate(parts.train_sets[t].tokenized, rows, layout=parts.model.layout(t),
+                        max_length=parts.max_length, **parts.special)
+        batches[t] = {k: v.to(parts.device) for k, v in batch.items()}
+    # torch.autograd.grad inside: no parameter's .grad (the engine's views) is touched
+    names, gramians, losses = example_gramians(parts.model, batches)
+    return ExampleGradients(
+        block_gramians=gramians, block_names=names, losses=losses,
+        ids=[parts.train_sets[t].ids[i] for t, rows in index.items() for i in rows],
+        tasks=[t for t, rows in index.items() for _ in rows],
+        texts=["" for rows in index.values() for _ in rows],
+        labels=np.concatenate([np.asarray(parts.train_sets[t].tokenized.labels[rows],
+                                          dtype=np.float64) for t, rows in index.items()]))
+
+
 @torch.no_grad()
 def virtual_step(parts: Parts, weights: torch.Tensor, lr: float,
                  batches: list[tuple[str, Mapping[str, torch.Tensor]]] | None = None,
@@ -186,5 +227,5 @@ def _param_block_names(engine: GradientEngine) -> list[str]:
     return names
 
 
-__all__ = ["ProbeResult", "probe", "probe_batch", "probe_engine", "probe_indices",
-           "probe_inputs", "virtual_step"]
+__all__ = ["ProbeResult", "example_probe", "example_probe_counts", "probe", "probe_batch",
+           "probe_engine", "probe_indices", "probe_inputs", "virtual_step"]

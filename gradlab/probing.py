@@ -26,6 +26,7 @@ Block "encoder" in the frames is the sum of all blocks, as in a run's store.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import re
@@ -54,7 +55,7 @@ from gradlab.step import TaskLoss, task_gradients
 from gradlab.tasks import TASKS
 
 __all__ = ["BLOCK_CHOICES", "Gradients", "LoadedModel", "gradients", "load_model",
-           "parameter_blocks"]
+           "parameter_blocks", "parse_examples"]
 
 BLOCK_CHOICES = ("layers", "fine")
 ENCODER = "encoder"  # the pseudo-block whose Gramian is the sum of all blocks (as in the store)
@@ -260,17 +261,11 @@ def gradients(model: LoadedModel | TrainConfig | str | Path | None,
     """
     loaded = load_model(model)
     net = loaded.model
-    if not isinstance(examples, Mapping) or not examples:
-        raise TypeError(f"examples must be a non-empty mapping task -> examples or file, "
-                        f"found {type(examples).__name__}")
-    unknown = [t for t in examples if t not in net.tasks]
-    if unknown:
-        raise ValueError(f"examples: tasks {unknown} are not the model's tasks {net.tasks}")
+    parsed = parse_examples(examples, net.tasks, limit)
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise ValueError(f"replicates must be a positive int, found {replicates!r}")
-    tasks = [t for t in net.tasks if t in examples]  # model order
-    tokenized = {t: tokenize_texts(_task_examples(t, examples[t], limit), loaded.tokenizer)
-                 for t in tasks}
+    tasks = [t for t in net.tasks if t in parsed]  # model order
+    tokenized = {t: tokenize_texts(parsed[t], loaded.tokenizer) for t in tasks}
     for t in tasks:
         if len(tokenized[t]) < replicates:
             raise ValueError(f"examples[{t!r}] has {len(tokenized[t])} examples, fewer than "
@@ -286,6 +281,26 @@ def gradients(model: LoadedModel | TrainConfig | str | Path | None,
                      batch_sizes=np.array([[len(parts[t][a]) for t in tasks]
                                            for a in range(replicates)]),
                      blocks=names, block_numel=[b.numel for b in engine.blocks])
+
+
+def parse_examples(examples: Mapping[str, Any], tasks: Sequence[str],
+                   limit: int | None = None) -> dict[str, TaskExamples]:
+    """task -> TaskExamples of what `gradients` and `gradlab.example_gradients` take, in the
+    order given: per task a list of ``(sentence, label)`` / ``(sentence1, sentence2, label)``
+    tuples (ids "0", "1", ...), the path of a task file (its first ``limit`` rows, ids from
+    the file) or a ``TaskExamples`` (``gradlab.data.load_task``; its first ``limit`` rows).
+    tasks: the model's tasks; any other task is refused."""
+    if not isinstance(examples, Mapping) or not examples:
+        raise TypeError(f"examples must be a non-empty mapping task -> examples or file, "
+                        f"found {type(examples).__name__}")
+    unknown = [t for t in examples if t not in tasks]
+    if unknown:
+        raise ValueError(f"examples: tasks {unknown} are not the model's tasks {list(tasks)} "
+                         "(the model has no head for them)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, found {limit!r}")
+    return {t: _task_examples(t, value, limit) for t, value in examples.items()}
 
 
 def parameter_blocks(model: MultitaskModel, blocks: str | Sequence[str] = "layers"
@@ -372,7 +387,22 @@ def _fine_block(name: str) -> str:
 
 
 def _task_examples(task: str, value: Any, limit: int | None) -> TaskExamples:
-    """TaskExamples from a task file path or a list of (texts..., label) tuples."""
+    """TaskExamples from a task file path, a TaskExamples or a list of (texts..., label)
+    tuples."""
+    if isinstance(value, TaskExamples):
+        if value.task != task:
+            raise ValueError(f"examples[{task!r}] holds examples of task {value.task!r}")
+        if not value.labelled:
+            raise ValueError(f"examples[{task!r}] has no labels (read from an unlabelled "
+                             "file): a gradient needs the label")
+        if len(value) == 0:
+            raise ValueError(f"examples[{task!r}] is empty")
+        if limit is None or limit >= len(value):
+            return value
+        return dataclasses.replace(
+            value, ids=value.ids[:limit], texts=value.texts[:limit],
+            labels=np.asarray(value.labels)[:limit], line_numbers=value.line_numbers[:limit],
+            source_stat=None)
     spec = DEFAULT_READERS[task]
     if isinstance(value, str | Path):
         return read_task_file(Path(value), spec, task=task, limit=limit)

@@ -42,6 +42,7 @@ import pandas as pd
 
 from gradlab import stats
 from gradlab.run_calibrated import CalibratedAccessors
+from gradlab.run_examples import ExampleAccessors
 from gradlab.run_frames import (
     COLUMNS,
     IDENTITY,
@@ -64,7 +65,7 @@ def load_run(path: Path | str) -> Run:
     return Run(path)
 
 
-class Run(CalibratedAccessors):
+class Run(CalibratedAccessors, ExampleAccessors):
     """One run store read as tidy DataFrames (see the module docstring and `load_run`).
 
     Attributes: name, path (run directory), store_file, reader (its `StoreReader`), config

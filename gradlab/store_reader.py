@@ -38,7 +38,7 @@ import pandas as pd
 from gradlab import rundir
 from gradlab.store_schema import COLUMNS, SCHEMA_VERSION, StoreError, store_file
 
-__all__ = ["RUN_STATUSES", "GramianSeries", "ReplicateSeries", "StoreReader",
+__all__ = ["RUN_STATUSES", "ExampleProbe", "GramianSeries", "ReplicateSeries", "StoreReader",
            "open_store_readonly", "read_meta", "run_status"]
 
 #: What `run_status` (and `Run.status`) report. 'running': a process holds the run lock and
@@ -139,6 +139,19 @@ class ReplicateSeries:
     replicates: int
     steps: np.ndarray  # [N] int64, ascending, unique
     G: np.ndarray  # [N, K*T, K*T] float64
+
+
+@dataclass
+class ExampleProbe:
+    """One example probe as stored: its step, the N examples (ids, tasks, losses [N]) and
+    the per-example Gramians [B, N, N] of ``blocks`` (block names as logged, 'encoder' last)."""
+
+    step: int
+    ids: list[str]
+    tasks: list[str]
+    losses: np.ndarray  # [N] float64
+    blocks: list[str]
+    G: np.ndarray  # [B, N, N] float64
 
 
 class StoreReader:
@@ -250,6 +263,34 @@ class StoreReader:
             last = np.r_[steps[1:] != steps[:-1], True]  # a re-logged step: keep the last row
             series.append(ReplicateSeries(block, tasks, K, steps[last], G[last]))
         return series
+
+    def example_probes(self, step: int | None = None) -> list[ExampleProbe]:
+        """Every logged example probe (only those of ``step`` when given), by step (none in
+        a store written before example probes)."""
+        where, params = ("WHERE step = ?", [int(step)]) if step is not None else ("", [])
+        with self._connect() as conn:
+            try:
+                rows = conn.execute(
+                    f"SELECT step, block, ids, tasks, losses, data FROM example_gramians "
+                    f"{where} ORDER BY step, rowid", params).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):
+                    return []
+                raise
+        collected: dict[int, tuple[tuple[str, str, str], dict[str, bytes]]] = {}
+        for s, block, ids, tasks, losses, data in rows:
+            meta, blocks = collected.setdefault(s, ((ids, tasks, losses), {}))
+            if meta != (ids, tasks, losses):  # a re-logged step: keep the last probe
+                meta, blocks = collected[s] = ((ids, tasks, losses), {})
+            blocks[block] = data  # a re-logged block: the last row wins
+        probes = []
+        for s, ((ids, tasks, losses), blocks) in sorted(collected.items()):
+            n = len(json.loads(ids))
+            G = np.stack([self._decode(data, n)[0] for data in blocks.values()])
+            probes.append(ExampleProbe(int(s), json.loads(ids), json.loads(tasks),
+                                       np.array(json.loads(losses), dtype=np.float64),
+                                       list(blocks), G))
+        return probes
 
     # -- logged facts --------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@ neither imports the other's internals. Tables (every row carries its optimizer `
     replicate_gramians  step, block, tasks, replicates, data   (a probe's K replicate batches
                      per task: data float64 [K*T, K*T], rows replicate-major, row a*T + i =
                      replicate a of task i; the 'probe' Gramian is replicate 0's [T, T])
+    example_gramians step, block, ids, tasks, losses, data   (an example probe: N training
+                     examples' per-example gradient Gramian, data float64 [N, N]; ids, tasks
+                     and losses: JSON lists [N], rows in that order; block 'encoder' = sum)
     weights          step, source, method, block, task, value   (block '' for whole-update)
     projections      step, block, task_i, task_j, coefficient, cosine
     evals            step, split, task, metric, value
@@ -47,6 +50,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "scalars": ("step", "name", "task", "value"),
     "gramians": ("step", "source", "block", "tasks", "data"),
     "replicate_gramians": ("step", "block", "tasks", "replicates", "data"),
+    "example_gramians": ("step", "block", "ids", "tasks", "losses", "data"),
     "weights": ("step", "source", "method", "block", "task", "value"),
     "projections": ("step", "block", "task_i", "task_j", "coefficient", "cosine"),
     "evals": ("step", "split", "task", "metric", "value"),
@@ -69,6 +73,7 @@ SCHEMA = [
     *(f"CREATE INDEX IF NOT EXISTS {t}_step ON {t}(step)" for t in COLUMNS),
     "CREATE INDEX IF NOT EXISTS gramians_series ON gramians(source, block, step)",
     "CREATE INDEX IF NOT EXISTS replicate_gramians_series ON replicate_gramians(block, step)",
+    "CREATE INDEX IF NOT EXISTS example_gramians_series ON example_gramians(block, step)",
 ]
 
 

@@ -196,6 +196,37 @@ class RunWriter:
         encoder = np.ascontiguousarray(G.sum(axis=0), dtype="<f8")
         rows.append((step, ENCODER, tasks_json, int(replicates), encoder.tobytes()))
 
+    def log_example_gramians(self, step: int, block_gramians: np.ndarray,
+                             block_names: Sequence[str], ids: Sequence[str],
+                             tasks: Sequence[str], losses: Sequence[float]) -> None:
+        """An example probe's per-block Gramians [B, N, N] of N examples' per-example
+        gradients (`gradlab.per_example`), plus block 'encoder' = their sum. ids, tasks
+        (each a task of the run), losses: [N], the rows' examples in order."""
+        G = np.asarray(block_gramians, dtype="<f8")
+        block_names = list(block_names)
+        ids, tasks = [str(i) for i in ids], [str(t) for t in tasks]
+        losses = [_float(v) for v in np.asarray(losses, dtype=float).reshape(-1)]
+        n = len(ids)
+        if G.shape != (len(block_names), n, n) or len(tasks) != n or len(losses) != n:
+            raise ValueError(
+                f"block_gramians must have shape [B={len(block_names)}, N, N] with N={n} ids, "
+                f"tasks and losses, got {G.shape}, {len(tasks)} tasks and {len(losses)} losses")
+        unknown = sorted({t for t in tasks} - set(self.tasks))
+        if unknown or not n:
+            raise ValueError(f"tasks must be tasks of the run {self.tasks} (N >= 1), got "
+                             f"{unknown or tasks}")
+        extra = [b for b in block_names if b not in self._block_names]
+        if extra or len(set(block_names)) != len(block_names) or not block_names:
+            raise ValueError(f"block_names must be distinct blocks of the run "
+                             f"{self._block_names}, got {block_names}")
+        step = self._note_step(step)
+        meta = (json.dumps(ids), json.dumps(tasks), json.dumps(losses))
+        rows = self._rows["example_gramians"]
+        for name, g in zip(block_names, G, strict=True):
+            rows.append((step, name, *meta, np.ascontiguousarray(g).tobytes()))
+        encoder = np.ascontiguousarray(G.sum(axis=0), dtype="<f8")
+        rows.append((step, ENCODER, *meta, encoder.tobytes()))
+
     def log_weights(self, step: int, source: str, method: str, weights: np.ndarray,
                     tasks: Sequence[str], block_names: Sequence[str] | None = None) -> None:
         """Task weights [T] (block '') or blockwise weights [B, T] (one row per block, task)."""

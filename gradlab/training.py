@@ -35,7 +35,7 @@ from gradlab.config import TrainConfig, load_config, replace, to_dict
 from gradlab.distributed import DistInfo, NullWriter, init_from_env
 from gradlab.evaluate import evaluate
 from gradlab.monitor import Monitor
-from gradlab.probe import probe
+from gradlab.probe import example_probe, probe
 from gradlab.rundir import RunLock, check_run_folder, remove_leftovers, write_atomic
 from gradlab.step import train_step
 from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
@@ -194,6 +194,13 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                     _nonfinite(cfg.nonfinite, f"step {step}: probe: {probed.fault}", "probe",
                                checkpoints)
                     writer.log_scalars(step, {"skipped_probe": 1.0})
+            every = cfg.example_probe_every
+            if every and dist.is_main and (final or step % every == 0):
+                # per-example Gramians of training examples: eval mode, no training RNG used
+                found = example_probe(parts, step, cfg.example_probe_size)
+                writer.log_example_gramians(step, found.block_gramians.numpy(),
+                                            found.block_names, found.ids, found.tasks,
+                                            found.losses.numpy())
             if final:
                 break
 

@@ -165,6 +165,72 @@ def test_bad_arguments(examples, tokenizer):
         sample_examples(examples["sst"], 6)
 
 
+def _as_tuples(examples):
+    """The in-memory form `gradlab.gradients` takes: (sentences..., label as in the file)."""
+    out = {}
+    for task, data in examples.items():
+        lo = data.spec.label_range[0]
+        out[task] = [(*text, float(label) if data.spec.label_kind == "regression"
+                      else int(label) + lo) for text, label in zip(data.texts, data.labels,
+                                                                   strict=True)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from gradlab.probing import load_model
+
+    return load_model(None, tiny_encoder=TINY_ENCODER, data_dir=str(DATA_DIR))
+
+
+def test_takes_what_gradients_takes(examples, loaded):
+    """One parser (`gradlab.probing.parse_examples`): in-memory tuples, task files and
+    TaskExamples give the same Gramian; the task means equal `gradlab.gradients`'."""
+    from gradlab.probing import gradients
+
+    tuples = _as_tuples(examples)
+    from_objects = example_gradients(loaded, examples)
+    from_tuples = example_gradients(loaded, tuples, blocks="layers")
+    torch.testing.assert_close(from_tuples.block_gramians, from_objects.block_gramians,
+                               rtol=1e-6, atol=1e-12)
+    assert from_tuples.ids == ["0", "1", "2", "3", "4", "0", "1", "2", "3", "0", "1", "2", "3"]
+    assert from_tuples.texts == from_objects.texts
+
+    files = example_gradients(loaded, {"sst": DATA_DIR / "ids-sst-dev.csv",
+                                       "sts": str(DATA_DIR / "sts-dev.csv")}, limit=3)
+    first = {t: load_task(t, "dev", data_dir=DATA_DIR, limit=3) for t in ("sst", "sts")}
+    assert files.ids == [i for d in first.values() for i in d.ids]
+    torch.testing.assert_close(files.block_gramians,
+                               example_gradients(loaded, first).block_gramians)
+    assert example_gradients(loaded, examples, limit=2).tasks == \
+        ["sst", "sst", "para", "para", "sts", "sts"]
+
+    # a batch's mean-loss gradient is the mean of its examples' gradients
+    task_level = gradients(loaded, examples)
+    G, tasks = from_objects.gramian.numpy(), np.array(from_objects.tasks)
+    means = np.array([[G[np.ix_(tasks == a, tasks == b)].mean() for b in task_level.tasks]
+                      for a in task_level.tasks])
+    np.testing.assert_allclose(task_level.gramian, means, rtol=1e-4,
+                               atol=1e-6 * np.abs(means).max())
+    np.testing.assert_allclose(gradients(loaded, tuples).gramian, task_level.gramian,
+                               rtol=1e-6)
+
+    with pytest.raises(ValueError, match="not a valid class label"):
+        example_gradients(loaded, {"sst": [("fine", 7)]})
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        example_gradients(loaded, {"sst": ("a film", 1)})
+    with pytest.raises(TypeError, match="tokenizer is required"):
+        example_gradients(loaded.model, examples)
+    with pytest.raises(ValueError, match="holds examples of task 'sst'"):
+        example_gradients(loaded, {"para": examples["sst"]})
+    from gradlab.probing import load_model
+
+    pearson = load_model(None, tiny_encoder=TINY_ENCODER, regression_loss="pearson")
+    with pytest.raises(ValueError, match=r"tasks \['sts'\] are trained with 1 - Pearson r"):
+        example_gradients(pearson, {"sts": examples["sts"]})
+    example_gradients(pearson, {"sst": examples["sst"]})  # other tasks have per-example losses
+
+
 def test_choose_strategy_counts_multiply_adds():
     # short inputs, wide layer: ghost; long inputs: the formed gradients
     assert choose_strategy(8, 32, 1024, 4096) == "ghost"
