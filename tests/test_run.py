@@ -475,3 +475,18 @@ def test_plot_conflicts_passes_on_the_reason(tmp_path):
     w.close()
     with pytest.raises(NoGradientDataError, match="probe_every=N"):
         gradlab.plot_conflicts(run)
+
+
+def test_runs_skip_a_run_that_never_logs_the_source(tmp_path):
+    from gradlab.runs import load_runs
+
+    w1, _ = _run_with_config(tmp_path / "joint", probe_every=2)
+    w2, _ = _run_with_config(tmp_path / "rr", schedule="round_robin", probe_every=2)
+    w1.log_gramians(0, "train", np.eye(3)[None], ["layer.0"], TASKS)
+    w1.flush()
+    runs = load_runs([tmp_path / "joint", tmp_path / "rr"])  # rr: nothing logged yet
+    assert set(runs.cosines(source="train")["run"]) == {"joint"}
+    only_rr = load_runs([tmp_path / "rr"])
+    with pytest.raises(NoGradientDataError, match="schedule=joint"):
+        only_rr.cosines(source="train")
+    w1.close(), w2.close()
