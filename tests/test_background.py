@@ -56,6 +56,8 @@ def test_stop_leaves_a_resumable_run_that_ends_as_an_uninterrupted_one(tiny_over
     job = gradlab.train(None, background=True, **values)
     live = job.run  # waits for the store
     assert live.status == "running"
+    # its first seconds: train rows so far, an empty frame before the first step, no error
+    assert list(live.cosines(source="train").columns)[-3:] == ["task_a", "task_b", "value"]
     _until(lambda: job.progress.step >= 3, what="three steps")
     # a live writer's folder is never replaced, in this process or by another one
     with pytest.raises(RunLockedError, match="being trained by another process"):
