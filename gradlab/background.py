@@ -6,9 +6,9 @@ reached, its share and an ETA; ``.wait()`` returns the finished Run or raises th
 own error (same type and message, the child's traceback as its cause); ``.stop()`` asks the
 trainer to save its checkpoint at the top of its next step and end with status 'stopped', so
 the run continues with ``gradlab.train(..., name=<its name>, resume=True)``. The process
-writes its output to ``.log_file``. On Linux it ends when the process that started it dies
-(a kernel restart or crash: PR_SET_PDEATHSIG); its store then reads 'dead', resumable from
-its last checkpoint.
+writes its output to ``.log_file`` (in a temporary folder removed with the handle). On Linux
+it ends when the process that started it dies (a kernel restart or crash: PR_SET_PDEATHSIG);
+its store then reads 'dead', resumable from its last checkpoint.
 
     >>> job = gradlab.train(method="pcgrad", steps=60, background=True)  # doctest: +SKIP
     >>> job.progress                                                     # doctest: +SKIP
@@ -22,12 +22,14 @@ import builtins
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +114,8 @@ class BackgroundTraining:
         self._resume = resume
         self._first_seen: tuple[float, int] | None = None  # (time, step) the loop began
         self._run = None
+        # the control folder (config, stop request, error, log) goes with the handle
+        weakref.finalize(self, shutil.rmtree, control, ignore_errors=True)
 
     @property
     def done(self) -> bool:

@@ -3,6 +3,7 @@ through its handle (progress, wait, stop, errors), and its end when its parent d
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -49,6 +50,11 @@ def test_progress_advances_and_wait_returns_the_finished_run(tiny_overrides):
     assert (final.step, final.fraction, final.status) == (12, 1.0, "finished")
     assert seen == sorted(seen)  # never goes back
     assert f"name={job.name!r}" in repr(job) and "12/12 steps (100%)" in repr(job)
+    control = job.log_file.parent  # config, log and stop request: removed with the handle
+    assert control.is_dir()
+    del job
+    gc.collect()
+    assert not control.exists()
 
 
 def test_stop_leaves_a_resumable_run_that_ends_as_an_uninterrupted_one(tiny_overrides):
