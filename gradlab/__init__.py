@@ -4,6 +4,8 @@
     >>> handle = gradlab.train(method="pcgrad", steps=200)          # doctest: +SKIP
     >>> run = gradlab.load_run(handle.path)                          # doctest: +SKIP
     >>> gradlab.plot_conflicts(run)                                  # doctest: +SKIP
+    >>> job = gradlab.train(method="sum", background=True)           # doctest: +SKIP
+    >>> job.progress, job.run, job.wait()                            # doctest: +SKIP
 
 Heavy modules (torch, transformers, matplotlib) load on first use of a name.
 """
@@ -18,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "train": "gradlab.training",
     "RunHandle": "gradlab.training",
+    "BackgroundTraining": "gradlab.background",
     "TrainConfig": "gradlab.config",
     "load_config": "gradlab.config",
     "ConfigError": "gradlab.config",
@@ -49,7 +52,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name in ("stats", "plot", "methods", "data", "engine", "store", "run", "config",
-                "calibration", "build", "step"):
+                "calibration", "build", "step", "background"):
         return importlib.import_module(f"gradlab.{name}")
     raise AttributeError(f"module 'gradlab' has no attribute {name!r}")
 

@@ -40,7 +40,9 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # --- run --------------------------------------------------------------------------
-    name: str = "run"  # run folder name under runs_dir (no path separators)
+    # run folder name under runs_dir (no path separators); None: a new name per run,
+    # "<method>-<schedule>-<YYYYmmdd-HHMMSS>" (gradlab.training.default_run_name)
+    name: str | None = None
     runs_dir: str = "runs"  # where run folders are created
     seed: int = 0  # seeds torch, numpy, random, data order, probe batches and methods
     # --- data -------------------------------------------------------------------------

@@ -184,8 +184,9 @@ def _text_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
             p.append(f"{key}={show(value)} must be a non-empty name without NUL characters")
             bad.add(key)
     name = cfg.name
-    if "name" not in bad and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")
-                              or name.startswith(".")):
+    if "name" not in bad and name is not None and (
+            not name.strip() or "/" in name or "\\" in name or name in (".", "..")
+            or name.startswith(".")):
         p.append(f"name={show(name)} must be a plain folder name (no '/', '\\', '..')")
     return p
 

@@ -18,12 +18,8 @@ demo: round-robin takes T optimizer steps per batch of each task.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +56,8 @@ def repository_root() -> Path:
 
 @dataclass
 class NotebookSetup:
-    """Budget and folders of the notebooks; trains their runs in background processes."""
+    """Budget and folders of the notebooks; trains their runs in the background
+    (``gradlab.train(..., background=True)``)."""
 
     tiny: bool
     runs: Path
@@ -68,28 +65,26 @@ class NotebookSetup:
     demo_runs: Path
     budget: dict = field(default_factory=dict)
 
-    def train_in_background(self, name: str, **values) -> subprocess.Popen:
-        """Start ``gradlab train`` for run ``name`` in a subprocess (the notebook reads its
-        store while it runs). ``eval_every`` counts batches per task, as ``steps`` does. The
-        process ends with the kernel (Linux) or with `stop`."""
+    def train_in_background(self, name: str, overwrite: bool = False, **values):
+        """``gradlab.train(..., background=True)`` of run ``name`` in `runs` on the notebooks'
+        budget (``values`` change it); returns its `gradlab.background.BackgroundTraining`.
+        ``eval_every`` counts batches per task, as ``steps`` does."""
+        import gradlab
+
         values = {"name": name, "runs_dir": str(self.runs), **self.budget, **values}
         if values.get("schedule", "joint") != "joint" and values.get("eval_every"):
             from gradlab.config import TrainConfig
 
             tasks = values.get("tasks") or TrainConfig().tasks
             values["eval_every"] = values["eval_every"] * len(tasks)
-        args = [f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
-                for k, v in values.items()]  # fmt: skip
-        return subprocess.Popen([sys.executable, "-m", "gradlab", "train", *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+        return gradlab.train(None, background=True, overwrite=overwrite, **values)
 
     def ensure_runs(self, seeds=(0,), methods: dict | None = None) -> list[Path]:
         """Train each method of ``methods`` (default `METHODS`) for each seed unless its run
         finished before, all at once in the background; returns the run folders."""
         import gradlab
 
-        folders, procs = [], []
+        folders, jobs = [], []
         for seed in seeds:
             for name, values in (methods or METHODS).items():
                 folder = self.runs / f"{name}-s{seed}"
@@ -99,9 +94,9 @@ class NotebookSetup:
                     continue
                 if folder.exists():  # an unfinished run: keep it aside, train anew
                     shutil.move(str(folder), f"{folder}.old-{int(time.time())}")
-                procs.append(self.train_in_background(folder.name, seed=seed, **values))
-        for proc in procs:
-            wait(proc)
+                jobs.append(self.train_in_background(folder.name, seed=seed, **values))
+        for job in jobs:
+            job.wait()
         return folders
 
     def demo_or_notebook_runs(self) -> list[Path]:
@@ -135,20 +130,3 @@ def notebook_setup(tiny: bool | None = None) -> NotebookSetup:
         demo_runs=folder("GRADLAB_NOTEBOOK_DEMO_RUNS", "runs/demo"),
         budget=dict(TINY_BUDGET if tiny else SMALL_BUDGET),
     )
-
-
-def wait(proc: subprocess.Popen) -> None:
-    """Wait for a background training; its error output in a RuntimeError if it failed."""
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"training exited with {proc.returncode}:\n{(err or '')[-2000:]}")
-
-
-def _end_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to send SIGTERM to this process when its parent (the kernel) dies."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass

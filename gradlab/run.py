@@ -13,6 +13,13 @@ undetermined; the raw accessors (`cosines`, ...) read the [T, T] Gramians as bef
 Frames are long-form, identity columns first (run, method, seed, schedule). Unordered task
 pairs are named "a-b" in task order ("sst-para"), ordered PCGrad pairs "i→j" ("sst→para").
 
+One rule for Gramian sources ("train", "probe") in every Gramian accessor: a source the run
+logs gives its rows so far, which may be an empty frame with the accessor's columns (a live
+run before its first step or probe); a source the run's config means it never logs raises
+`NoGradientDataError` naming the config keys to set ("train": schedule=joint and
+log_train_gramians=true; "probe": probe_every > 0). With ``source=None`` (every source
+logged) the error comes only when the run logs no source at all.
+
 Example:
     >>> import tempfile, numpy as np
     >>> from pathlib import Path
@@ -48,6 +55,7 @@ from gradlab.run_frames import (
     IDENTITY,
     empty,
     finish,
+    gradient_sources,
     pair_frame,
     step_frame,
     task_frame,
@@ -57,7 +65,13 @@ from gradlab.run_frames import (
 from gradlab.store_reader import GramianSeries, StoreReader
 from gradlab.store_schema import ENCODER, SOURCES, StoreError, store_file
 
-__all__ = ["IDENTITY", "Run", "Runs", "load_run", "load_runs"]  # noqa: F822 - see __getattr__
+__all__ = ["IDENTITY", "NoGradientDataError", "Run", "Runs", "load_run",  # noqa: F822
+           "load_runs"]  # Runs, load_runs: see __getattr__
+
+
+class NoGradientDataError(ValueError):
+    """The run's config means it never logs the Gramians asked for; the message names the
+    config keys that would log them."""
 
 
 def load_run(path: Path | str) -> Run:
@@ -67,6 +81,9 @@ def load_run(path: Path | str) -> Run:
 
 class Run(CalibratedAccessors, ExampleAccessors):
     """One run store read as tidy DataFrames (see the module docstring and `load_run`).
+
+    Gramian sources follow one rule: rows so far (possibly none) for a source the run logs,
+    `NoGradientDataError` naming the config keys for a source its config never logs.
 
     Attributes: name, path (run directory), store_file, reader (its `StoreReader`), config
     (dict), tasks, blocks (block names in encoder order, without 'encoder'; none for a frozen
@@ -269,7 +286,7 @@ class Run(CalibratedAccessors, ExampleAccessors):
     def gramian(self, step: int, source: str = "train", block: str = ENCODER
                 ) -> tuple[list[str], np.ndarray]:
         """(tasks, G [T, T]) logged at ``step``; tasks in run order."""
-        sources, blocks = self._check_source(source, "gramians"), self._check_blocks(block)
+        sources, blocks = self._gramian_sources(source), self._check_blocks(block)
         found = self.reader.gramian_at(step, sources[0], blocks[0])
         if found is None:
             steps = self.reader.gramian_steps(sources[0], blocks[0])
@@ -343,8 +360,24 @@ class Run(CalibratedAccessors, ExampleAccessors):
 
     def _gramians(self, source: str | None, blocks: str | Sequence[str] | None
                   ) -> list[GramianSeries]:
-        return self._load_gramians(self._check_source(source, "gramians"),
-                                   self._check_blocks(blocks))
+        return self._load_gramians(self._gramian_sources(source), self._check_blocks(blocks))
+
+    def _gramian_sources(self, source: str | None) -> list[str]:
+        """The Gramian sources to read, by the rule of the module docstring."""
+        present = sorted(self.reader.distinct("gramians", "source"), key=_source_order)
+        never = gradient_sources(self.schedule, self.config)
+        if source is None:
+            if not present and all(never.get(s) for s in SOURCES):
+                raise NoGradientDataError(
+                    f"run {self.name!r} logs no gradient data: "
+                    + "; ".join(f"{s}: {never[s]}" for s in SOURCES))
+            return present
+        if source not in SOURCES and source not in present:
+            raise ValueError(f"unknown source {source!r}; sources are {list(SOURCES)}")
+        if source not in present and never.get(source):
+            raise NoGradientDataError(f"run {self.name!r} never logs {source!r} Gramians: "
+                                      f"{never[source]}")
+        return [source]
 
     def _load_gramians(self, sources: list[str], blocks: list[str]) -> list[GramianSeries]:
         """The Gramians of each (source, block, task set) [N, T, T], tasks in run order,

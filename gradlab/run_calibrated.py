@@ -2,7 +2,8 @@
 (`gradlab.calibration`), pooled over a window of probe steps, with jackknife intervals.
 
 A mixin of `gradlab.run.Run`: it reads through the run's ``reader`` and uses its
-``tasks``, ``blocks``, ``config``, ``_check_blocks`` and ``_finish``.
+``tasks``, ``blocks``, ``config``, ``_check_blocks``, ``_gramian_sources`` and
+``_finish``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class CalibratedAccessors:
     def _replicate_gramians(self, blocks: str | Sequence[str] | None) -> list[ReplicateSeries]:
         """The replicate Gramians [N, K*T, K*T] of each block, tasks in run order, sorted by
         block (encoder order) and first step."""
+        self._gramian_sources("probe")  # a run that never probes says which key to set
         groups = []
         for g in self.reader.replicate_gramians(self._check_blocks(blocks)):
             tasks, G = _replicates_to_run_order(self.tasks, g.tasks, g.replicates, g.G)

@@ -7,15 +7,15 @@ Unordered task pairs are named "a-b" in task order ("sst-para").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["COLUMNS", "IDENTITY", "empty", "finish", "pair_frame", "step_frame", "task_frame",
-           "update_frame", "write_parquet"]
+__all__ = ["COLUMNS", "IDENTITY", "empty", "finish", "gradient_sources", "pair_frame",
+           "step_frame", "task_frame", "update_frame", "write_parquet"]
 
 IDENTITY = ("run", "method", "seed", "schedule")
 
@@ -53,6 +53,30 @@ COLUMNS = {  # accessor -> its columns after the identity columns
     "raw_cosine_spread": ("step", "first_step", "block", "pair", "task_a", "task_b",
                           *_ESTIMATE),
 }
+
+
+def gradient_sources(schedule: str, config: Mapping[str, Any]) -> dict[str, str | None]:
+    """Which Gramian sources a run with this schedule and config logs: source -> None when
+    it logs that source, else why it never will, naming the config keys to set.
+
+    A config without any keys (a store written without the trainer) is taken to log both.
+
+    >>> gradient_sources("round_robin", {"probe_every": 0})["probe"]
+    'probe_every=0 (no probes); set probe_every=N to log probe Gramians every N steps'
+    """
+    if not config:
+        return {"train": None, "probe": None}
+    train = None
+    if schedule != "joint":
+        train = (f"schedule={schedule} (one task per step has no Gramian to log); train "
+                 "Gramians need schedule=joint")
+    elif not config.get("log_train_gramians", True):
+        train = ("log_train_gramians=false (training Gramians not logged); set "
+                 "log_train_gramians=true")
+    probe = None
+    if not config.get("probe_every", 25):
+        probe = "probe_every=0 (no probes); set probe_every=N to log probe Gramians every N steps"
+    return {"train": train, "probe": probe}
 
 
 def finish(kind: str, frames: Sequence[pd.DataFrame], identity: dict[str, Any]) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from gradlab.run import Run, load_run
+from gradlab.run import NoGradientDataError, Run, load_run
 from gradlab.run_frames import COLUMNS, write_parquet
 from gradlab.store_schema import ENCODER, STORE_FILENAME, StoreError, store_file
 
@@ -100,7 +100,8 @@ class Runs:
     concatenated.
 
     A source, block, split or scalar name is read from the runs that have it (asking for the
-    'train' source skips round-robin runs); asking for one no run has is an error.
+    'train' source skips round-robin runs, and runs whose config never logs it); asking for
+    one no run has is an error.
     """
 
     def __init__(self, runs: Sequence[Run]):
@@ -139,7 +140,7 @@ class Runs:
         checks = dict(_PRESENT)
         if accessor == "weights":
             checks["source"] = ("weights", "source")
-        frames, seen = [], {}
+        frames, seen, never = [], {}, []
         for run in self.runs:
             run_kwargs = dict(kwargs)
             skip = False
@@ -156,7 +157,12 @@ class Runs:
                 run_kwargs["blocks"] = [b for b in asked if b in known]
                 skip = skip or not run_kwargs["blocks"]
             if not skip:
-                frames.append(getattr(run, accessor)(**run_kwargs))
+                try:
+                    frames.append(getattr(run, accessor)(**run_kwargs))
+                except NoGradientDataError as err:  # it never logs the source asked for
+                    if kwargs.get("source") is None:
+                        raise
+                    never.append(err)
         for key, present in seen.items():
             asked = kwargs[key]
             asked = [asked] if isinstance(asked, str) else list(asked)
@@ -164,6 +170,8 @@ class Runs:
             if present and missing:
                 raise ValueError(f"none of the {len(self.runs)} runs has {key} {missing}; "
                                  f"present: {sorted(present)}")
+        if never and len(never) == len(self.runs):
+            raise never[0]  # no run logs it: the first one says which keys to set
         if not frames:
             return self.runs[0]._finish(accessor, [])
         return pd.concat(frames, ignore_index=True)

@@ -9,13 +9,20 @@ store. A NaN or infinite loss or gradient stops the run naming the task, step an
 once more than ``max_skipped_share`` of the steps were skipped); the last good checkpoint
 is never overwritten. ``train(..., resume=True)`` continues a crashed or killed run from its
 checkpoint and ends bit for bit as the uninterrupted run would have (on CPU; see
-``gradlab.resume``).
+``gradlab.resume``). ``train(..., background=True)`` trains in a separate process
+and returns a `gradlab.background.BackgroundTraining` handle (progress, ``wait``, ``stop``).
+
+Run names: ``name=None`` (the default) gives each run a new folder,
+``<method>-<schedule>-<YYYYmmdd-HHMMSS>`` (`default_run_name`), so training twice never
+collides; an existing run folder is refused unless ``resume=True`` (continue it) or
+``overwrite=True`` (replace it, unless a live process is writing it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -36,13 +43,26 @@ from gradlab.distributed import DistInfo, NullWriter, init_from_env
 from gradlab.evaluate import evaluate
 from gradlab.monitor import Monitor
 from gradlab.probe import example_probe, probe
-from gradlab.rundir import RunLock, check_run_folder, remove_leftovers, write_atomic
+from gradlab.run_frames import gradient_sources
+from gradlab.rundir import (
+    RunLock,
+    RunLockedError,
+    check_run_folder,
+    is_locked,
+    remove_leftovers,
+    write_atomic,
+)
 from gradlab.step import train_step
 from gradlab.store import STORE_FILENAME, RunWriter, StoreError, resolve_run_dir
 
 
 class NonFiniteError(FloatingPointError):
     """A loss or gradient was NaN or infinite (names the task, step and block)."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """The run was asked to stop (``BackgroundTraining.stop``): it saved its checkpoint and
+    recorded status 'stopped'; continue it with ``train(..., resume=True)``."""
 
 
 @dataclass
@@ -66,43 +86,99 @@ class RunHandle:
         return load_run(self.path)
 
 
-def train(config: TrainConfig | str | Path | None = None, *, resume: bool = False,
+def train(config: TrainConfig | str | Path | None = None, *, background: bool = False,
+          resume: bool = False, overwrite: bool = False,
           _after_step: Callable[[int, torch.nn.Module], None] | None = None,
-          **overrides: Any) -> RunHandle:
+          _stop_requested: Callable[[], bool] | None = None,
+          **overrides: Any):  # -> RunHandle | gradlab.background.BackgroundTraining
     """Train a multitask model and log every step to ``<runs_dir>/<name>/run.sqlite``.
 
-    config: a TrainConfig, a YAML path, or None (defaults); overrides: config keys.
+    config: a TrainConfig, a YAML path, or None (defaults); overrides: config keys. Without a
+    ``name`` the run gets a new one, ``<method>-<schedule>-<YYYYmmdd-HHMMSS>``.
+    background: train in a separate process and return at once a
+    `gradlab.background.BackgroundTraining` (``.run``, ``.progress``, ``.wait()``,
+    ``.stop()``); the process ends with the one that started it (a notebook's kernel).
+    Otherwise train here and return a `RunHandle` when done.
     resume: continue the run ``<runs_dir>/<name>`` from its newest readable checkpoint, with
     the same config (only ``RESUMABLE_CHANGES`` may differ); it ends as the uninterrupted run
-    would have, bit for bit on CPU. Without ``resume`` an existing run folder is refused.
+    would have, bit for bit on CPU.
+    overwrite: replace an existing run folder ``<runs_dir>/<name>`` (refused with
+    `gradlab.rundir.RunLockedError` while a live process writes it). Without ``resume`` or
+    ``overwrite`` an existing run folder is refused (FileExistsError).
     _after_step: private test hook, called as ``_after_step(step, model)`` after every
     training step (skipped or not); tests use it to simulate crashes and inject faults.
+    _stop_requested: private, polled at every step; when it returns True the run saves its
+    checkpoint (unless save_checkpoints=false) and raises `TrainingStopped`.
 
     Example:
         >>> handle = gradlab.train(method="pcgrad", steps=20, train_limit=64,  # doctest: +SKIP
         ...                        tiny_encoder={"hidden_size": 32})
         >>> handle.load().cosines(source="train")  # doctest: +SKIP
+        >>> job = gradlab.train(method="pcgrad", background=True)  # doctest: +SKIP
+        >>> job.progress, job.wait()  # doctest: +SKIP
     """
-    if isinstance(config, TrainConfig):
-        cfg = replace(config, **overrides)
-    else:
-        cfg = load_config(config, overrides)
+    cfg = resolve_config(config, overrides, resume=resume)
+    if resume and overwrite:
+        raise ValueError("resume=True continues the run folder and overwrite=True replaces "
+                         "it; pass one of them")
+    _warn_without_gradient_data(cfg)
+    if background:
+        if _after_step is not None or _stop_requested is not None:
+            raise TypeError("background=True takes no _after_step or _stop_requested hook")
+        from gradlab.background import start_training
+
+        return start_training(cfg, resume=resume, overwrite=overwrite)
     run_dir = resolve_run_dir(Path(cfg.runs_dir), cfg.name)
     dist = init_from_env(cfg.device)  # torchrun: every rank trains, only rank 0 writes
-    if dist.is_main:
+    if dist.is_main and not overwrite:
         check_run_folder(run_dir, resume)  # before any data or model is loaded
+    if dist.is_main and overwrite and is_locked(run_dir):  # this process's writers count too
+        raise RunLockedError(run_dir)
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:  # one process at a time per run folder
         with RunLock(run_dir) if dist.is_main else nullcontext():
-            return _train(cfg, run_dir, dist, resume, _after_step)
+            if dist.is_main and overwrite:  # under the lock: no live writer is in it
+                _clear_run_folder(run_dir)
+                check_run_folder(run_dir, resume=False)
+            return _train(cfg, run_dir, dist, resume, _after_step, _stop_requested)
     finally:
         torch.set_num_threads(threads)
 
 
+def resolve_config(config: TrainConfig | str | Path | None, overrides: dict[str, Any], *,
+                   resume: bool = False) -> TrainConfig:
+    """The config of ``train(config, **overrides)``, its run name set (`default_run_name`)."""
+    if isinstance(config, TrainConfig):
+        cfg = replace(config, **overrides)
+    else:
+        cfg = load_config(config, overrides)
+    if cfg.name is None:
+        if resume:
+            raise ValueError("resume=True needs the name of the run to continue (name=...)")
+        cfg = replace(cfg, name=default_run_name(cfg.method, cfg.schedule, cfg.runs_dir))
+    return cfg
+
+
+def default_run_name(method: str, schedule: str, runs_dir: str | Path) -> str:
+    """``<method>-<schedule>-<YYYYmmdd-HHMMSS>`` (local time), with ``-2``, ``-3``, ... added
+    when a run folder of that name exists in ``runs_dir`` already.
+
+    >>> default_run_name("pcgrad", "joint", "runs")  # doctest: +SKIP
+    'pcgrad-joint-20261130-184512'
+    """
+    base = f"{method}-{schedule}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, k = base, 1
+    while (Path(runs_dir) / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
 def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
-           after_step: Callable[[int, torch.nn.Module], None] | None) -> RunHandle:
+           after_step: Callable[[int, torch.nn.Module], None] | None,
+           stop_requested: Callable[[], bool] | None) -> RunHandle:
     """The loop. Its parts come from ``build_parts``; of the config it reads only when to
     evaluate, probe and checkpoint, the non-finite policy, what to log and the run's names."""
     t_start = time.perf_counter()
@@ -177,12 +253,18 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
                     kinds.append("best")
             periodic = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
             keep = periodic and cfg.keep_checkpoints > 0
-            if saving and (final or periodic):
+            # a stop request ends the run at the top of a step, after its evaluation (as a
+            # periodic checkpoint does), so that a resume redoes exactly what follows
+            stopping = not final and stop_requested is not None and stop_requested()
+            if saving and (final or periodic or stopping):
                 kinds += [f"step-{step}"] * keep + ["last"]
             if kinds:
                 save(kinds, step, rng)
                 if keep:
                     ckpt.rotate_checkpoints(checkpoints, cfg.keep_checkpoints, step)
+            if stopping:
+                raise TrainingStopped(f"run {cfg.name!r} stopped at step {step} of {total}; "
+                                      "continue it with train(..., resume=True)")
             if instrumented and cfg.probe_every and (final or step % cfg.probe_every == 0):
                 probed = probe(parts, step, parts.scheduler.get_last_lr()[0],
                                measure=cfg.measure_counterfactual)
@@ -250,6 +332,26 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
     return RunHandle(run_dir, cfg, progress.metrics, wall, progress.skipped_steps)
 
 
+def _warn_without_gradient_data(cfg: TrainConfig) -> None:
+    """Warn when the run will log no Gramian at all (nothing for the conflict figures)."""
+    never = gradient_sources(cfg.schedule, to_dict(cfg))
+    if all(never.values()):
+        warnings.warn(f"run {cfg.name!r} will log no gradient data (no conflict figures): "
+                      + "; ".join(f"{source}: {why}" for source, why in never.items()),
+                      UserWarning, stacklevel=3)
+
+
+def _clear_run_folder(run_dir: Path) -> None:
+    """Empty ``run_dir`` but its lock file (the caller holds the lock)."""
+    for p in run_dir.iterdir():
+        if p.name == ".lock":
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _nonfinite(policy: str, message: str, what: str, checkpoints: Path) -> None:
     """The non-finite policy: "error" stops the run, "skip" warns (the caller skips)."""
     if policy == "error":
@@ -291,4 +393,5 @@ def _last_good(checkpoints: Path) -> str:
     return f"; the last good checkpoint is kept: {last} (step {step})"
 
 
-__all__ = ["NonFiniteError", "RunHandle", "train"]
+__all__ = ["NonFiniteError", "RunHandle", "TrainingStopped", "default_run_name", "resolve_config",
+           "train"]

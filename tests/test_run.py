@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from helpers_runs import load_synthetic_vectors, make_synthetic_run
 
-from gradlab.run import IDENTITY, Run, load_run
+from gradlab.run import IDENTITY, NoGradientDataError, Run, load_run
 from gradlab.store import RunWriter, StoreError
 
 BLOCKS = ["embeddings", "layer.0", "layer.1"]
@@ -312,8 +312,8 @@ def test_error_messages_name_the_value_and_what_exists(run, runs_root, tmp_path)
     with pytest.raises(ValueError, match=r"unknown source 'dev'; sources are \['train', 'probe'\]"):
         run.norms(source="dev")
     rr = load_run(runs_root / "rr-s2")
-    with pytest.raises(ValueError,
-                       match=r"no 'train' rows in gramians; sources logged: \['probe'\]"):
+    with pytest.raises(NoGradientDataError,
+                       match=r"never logs 'train' Gramians: schedule=round_robin .*schedule=joint"):
         rr.cosines(source="train")
     with pytest.raises(ValueError, match=r"no 'probe' Gramian of block 'layer.0' at step 3; "
                                          r"steps logged: \[0, 10, 20, 30, 40, 50\]"):
@@ -409,3 +409,86 @@ def test_zero_gradient_rows_are_nan_not_errors(tmp_path):
     assert np.isnan(df.loc["sst-para", "conflict"]) and df.loc["sst-sts", "conflict"] == 0
     assert np.isnan(df.loc["sst-para", "conflict_rate"])
     assert run.condition_number(blocks="encoder")["value"].iloc[0] == np.inf
+
+
+# -- one rule for Gramian sources -----------------------------------------------------------------
+
+
+def _run_with_config(run_dir, schedule="joint", **config):
+    w = RunWriter(run_dir, name=run_dir.name, config=config, tasks=TASKS,
+                  blocks=[("layer.0", 4)], method="sum", seed=0, schedule=schedule,
+                  commit_every=1, commit_seconds=0)
+    return w, load_run(run_dir)
+
+
+@pytest.mark.parametrize("accessor", ["cosines", "norms", "conflicts", "magnitude_similarity",
+                                      "curvature_measure", "condition_number", "s_conflict"])
+def test_a_source_the_run_logs_later_is_an_empty_frame_until_then(tmp_path, accessor):
+    """A live joint run whose step-0 probe is committed but no training step yet: its train
+    rows are an empty frame with the accessor's columns, not an error."""
+    w, run = _run_with_config(tmp_path / "live", probe_every=2, log_train_gramians=True)
+    w.log_gramians(0, "probe", np.eye(3)[None], ["layer.0"], TASKS)
+    w.flush()
+    df = getattr(run, accessor)(source="train")
+    assert df.empty and list(df.columns) == [*IDENTITY, *DOCUMENTED[accessor]]
+    assert not getattr(run, accessor)(source="probe").empty
+    w.log_gramians(1, "train", np.eye(3)[None], ["layer.0"], TASKS)
+    w.flush()
+    assert not getattr(run, accessor)(source="train").empty
+    w.close()
+
+
+@pytest.mark.parametrize("schedule,config,source,keys", [
+    ("round_robin", {"probe_every": 5}, "train", "schedule=joint"),
+    ("joint", {"probe_every": 5, "log_train_gramians": False}, "train", "log_train_gramians=true"),
+    ("joint", {"probe_every": 0}, "probe", "probe_every=N"),
+    ("round_robin", {"probe_every": 0}, "probe", "probe_every=N"),
+])
+def test_a_source_the_config_never_logs_raises_naming_the_keys(tmp_path, schedule, config,
+                                                                source, keys):
+    w, run = _run_with_config(tmp_path / "r", schedule=schedule, **config)
+    for call in (lambda: run.cosines(source=source), lambda: run.norms(source=source),
+                 lambda: run.gramian(0, source=source)):
+        with pytest.raises(NoGradientDataError, match=f"never logs {source!r}.*{keys}"):
+            call()
+    w.close()  # finished or not, the answer is the same
+    with pytest.raises(NoGradientDataError, match=keys):
+        run.cosines(source=source)
+
+
+def test_a_run_with_no_gradient_data_says_why_for_every_source(tmp_path):
+    w, run = _run_with_config(tmp_path / "rr", schedule="round_robin", probe_every=0)
+    with pytest.raises(NoGradientDataError, match=r"logs no gradient data: train: "
+                                                  r"schedule=round_robin.*probe: probe_every=0"):
+        run.cosines()
+    with pytest.raises(NoGradientDataError, match="probe_every"):
+        run.expected_cosines()
+    w.close()
+    # a joint run without train Gramians but with probes has data: no error for None
+    w, run = _run_with_config(tmp_path / "j", log_train_gramians=False, probe_every=3)
+    assert run.cosines().empty  # nothing logged yet, but probes will come
+    w.close()
+
+
+def test_plot_conflicts_passes_on_the_reason(tmp_path):
+    import gradlab
+
+    w, run = _run_with_config(tmp_path / "rr", schedule="round_robin", probe_every=0)
+    w.close()
+    with pytest.raises(NoGradientDataError, match="probe_every=N"):
+        gradlab.plot_conflicts(run)
+
+
+def test_runs_skip_a_run_that_never_logs_the_source(tmp_path):
+    from gradlab.runs import load_runs
+
+    w1, _ = _run_with_config(tmp_path / "joint", probe_every=2)
+    w2, _ = _run_with_config(tmp_path / "rr", schedule="round_robin", probe_every=2)
+    w1.log_gramians(0, "train", np.eye(3)[None], ["layer.0"], TASKS)
+    w1.flush()
+    runs = load_runs([tmp_path / "joint", tmp_path / "rr"])  # rr: nothing logged yet
+    assert set(runs.cosines(source="train")["run"]) == {"joint"}
+    only_rr = load_runs([tmp_path / "rr"])
+    with pytest.raises(NoGradientDataError, match="schedule=joint"):
+        only_rr.cosines(source="train")
+    w1.close(), w2.close()

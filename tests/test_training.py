@@ -127,3 +127,63 @@ def test_per_task_step_budget_gives_every_schedule_the_same_batches(tmp_path, ti
     assert sorted(losses["step"].unique()) == list(range(total))
     with pytest.raises(ConfigError, match="step_budget='examples' is not one of"):
         gradlab.train(None, **{**tiny_overrides, "step_budget": "examples"})
+
+
+# -- run names, overwrite, runs without gradient data ----------------------------------------------
+
+NAME = r"(sum|pcgrad)-(joint|round_robin)-\d{8}-\d{6}(-\d+)?"
+
+
+def test_default_names_are_new_per_run_and_overwrite_replaces(tmp_path, tiny_overrides):
+    import re
+
+    values = {**tiny_overrides, "steps": 1, "probe_every": 0, "save_checkpoints": False}
+    a, b = gradlab.train(None, **values), gradlab.train(None, **values)  # twice in a notebook
+    assert a.path != b.path and a.path.parent == b.path.parent == tmp_path / "runs"
+    assert re.fullmatch(NAME, a.name) and re.fullmatch(NAME, b.name), (a.name, b.name)
+    assert a.load().name == a.name and a.config.name == a.name
+    assert (a.path / "config.yaml").read_text().startswith(f"name: {a.name}\n")
+    with pytest.raises(FileExistsError, match="already exists.*resume"):
+        gradlab.train(None, **{**values, "name": a.name})
+    (a.path / "notes.txt").write_text("from the first run")
+    again = gradlab.train(None, **{**values, "name": a.name, "overwrite": True,
+                                   "method": "pcgrad"})
+    assert again.path == a.path and not (a.path / "notes.txt").exists()
+    assert again.load().method == "pcgrad" and again.load().status == "finished"
+    with pytest.raises(ValueError, match="pass one of them"):
+        gradlab.train(None, **{**values, "name": a.name, "overwrite": True, "resume": True})
+    with pytest.raises(ValueError, match=r"resume=True needs the name"):
+        gradlab.train(None, **values, resume=True)
+
+
+def test_cli_default_name_is_method_schedule_time(tmp_path, tiny_overrides, capsys):
+    import re
+    from pathlib import Path
+
+    values = {**tiny_overrides, "steps": 1, "save_checkpoints": False, "method": "pcgrad"}
+    assert main(["train", *_cli_overrides(values)]) == 0
+    path = Path(json.loads(capsys.readouterr().out)["run"])
+    assert path.parent == tmp_path / "runs" and re.fullmatch(NAME, path.name)
+    assert path.name.startswith("pcgrad-joint-")
+
+
+@pytest.mark.parametrize("changes", [{"schedule": "round_robin", "probe_every": 0},
+                                     {"log_train_gramians": False, "probe_every": 0}])
+def test_a_run_without_gradient_data_warns_at_start_and_plots_say_why(tmp_path, tiny_overrides,
+                                                                       changes):
+    from gradlab.run import NoGradientDataError
+
+    values = {**tiny_overrides, "steps": 2, "save_checkpoints": False, **changes}
+    with pytest.warns(UserWarning, match=r"will log no gradient data.*probe_every=N") as caught:
+        handle = gradlab.train(None, **values)
+    assert any("log no gradient data" in str(w.message) and w.filename == __file__
+               for w in caught)  # points at the caller's line
+    key = "schedule=joint" if "schedule" in changes else "log_train_gramians=true"
+    run = handle.load()
+    with pytest.raises(NoGradientDataError, match=f"logs no gradient data: train: .*{key}.*; "
+                                                  "probe: probe_every=0.*probe_every=N"):
+        gradlab.plot_conflicts(run)
+    with pytest.raises(NoGradientDataError, match="never logs 'probe' .*probe_every=N"):
+        run.cosines(source="probe")
+    with pytest.raises(NoGradientDataError, match=f"never logs 'train' .*{key}"):
+        run.cosines(source="train")
