@@ -116,6 +116,8 @@ def test_a_grid_that_swallowed_the_config_path_is_named(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists()
     err = _error(capsys, ["sweep", "configs/demo.yaml", "--grid", "method=sum", "oops"])
     assert "'oops': it is not a grid item" in err
+    err = _error(capsys, ["sweep", "lr=1e-4", "--grid", "method=sum"])
+    assert "give the config file: gradlab sweep CONFIG" in err
 
 
 @pytest.mark.parametrize("override, hint", [

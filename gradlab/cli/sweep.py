@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gradlab.sweep import SweepError, run_sweep
 
+    if args.config is not None and "=" in str(args.config) and not args.config.exists():
+        args.overrides, args.config = [str(args.config), *args.overrides], None  # no file
     swallowed = [item for item in args.grid if "=" not in item]
     if swallowed:
         where = ("it is not a grid item (key=v1,v2)" if args.config is not None else
