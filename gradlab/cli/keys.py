@@ -67,7 +67,10 @@ def _show(value) -> str:
 def _field_comments(cls) -> dict[str, str]:
     """{field: its comment}: the comment on the field's line, else the comment lines just
     above it (section rules ``# --- x ---`` excluded)."""
-    source = textwrap.dedent(inspect.getsource(cls))
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # installed without its .py sources: no comments to show
+        return {}
     lines = source.splitlines()
     inline: dict[int, str] = {}  # line -> comment after code
     alone: dict[int, str] = {}  # line -> comment on a line of its own
