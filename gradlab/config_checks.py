@@ -133,9 +133,20 @@ def _choice_problems(cfg: TrainConfig, bad: set[str]) -> list[str]:
            "below its normal range, 6e-5, and lose precision or flush to 0; bfloat16 has "
            "float32's range)"}
     return [f"{key}={show(getattr(cfg, key))} is not one of {allowed}"
-            + why.get((key, getattr(cfg, key)), "")
+            + (why.get((key, getattr(cfg, key))) or did_you_mean(getattr(cfg, key), allowed))
             for key, allowed in choices.items()
             if key not in bad and getattr(cfg, key) not in allowed]
+
+
+def did_you_mean(value: Any, allowed: list[str]) -> str:
+    """`` (did you mean 'pcgrad'?)`` for a near miss of one of ``allowed``, else ''."""
+    if not isinstance(value, str):
+        return ""
+    import difflib
+
+    lowered = {a.lower(): a for a in allowed}
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
 #: integer keys -> smallest allowed value (None: the key may also be null)

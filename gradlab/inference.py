@@ -76,6 +76,8 @@ def predict_file(checkpoint: str | Path, task: str, input_path: str | Path,
         raise ValueError(f"the output file {out_path} is the input file {input_path}: the "
                          "predictions would overwrite it; choose another --out")
     model, tokenizer, cfg = load_model(checkpoint, overrides)
+    same = [t for t in cfg.tasks if t.lower() == task.lower()]  # --task STS is sts
+    task = same[0] if task not in cfg.tasks and len(same) == 1 else task
     if task not in cfg.tasks:
         raise ValueError(f"task {task!r} is not one of the checkpoint's tasks {cfg.tasks}")
     spec = model.task_specs[task]

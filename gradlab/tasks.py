@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from scipy import stats as scipy_stats
 from sklearn.metrics import accuracy_score, f1_score
 
+from gradlab.config_checks import did_you_mean
 from gradlab.data import DEFAULT_FILES, DEFAULT_READERS, ReaderSpec
 
 SINGLE_HEADS = ("linear", "mlp")
@@ -171,8 +172,8 @@ def task_table(
     else:
         for t in tasks:
             if t not in known:
-                problems.append(f"tasks: unknown task {t!r}; known tasks: {known} (a new task "
-                                "needs an aux_tasks entry)")
+                problems.append(f"tasks: unknown task {t!r}{did_you_mean(t, known)}; known "
+                                f"tasks: {known} (a new task needs an aux_tasks entry)")
         if len(set(tasks)) != len(tasks):
             problems.append(f"tasks={list(tasks)!r} lists a task twice")
     if not isinstance(task_files, Mapping):
@@ -211,7 +212,8 @@ def task_table(
 
 def _check_choice(problems: list[str], key: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        problems.append(f"{key}={value!r} is not one of {list(allowed)}")
+        problems.append(f"{key}={value!r} is not one of {list(allowed)}"
+                        f"{did_you_mean(value, list(allowed))}")
 
 
 def _aux_spec(name: Any, options: Any, problems: list[str]) -> TaskSpec | None:

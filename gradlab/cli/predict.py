@@ -8,8 +8,9 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a checkpoint's predictions for a task file")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--task", required=True, help="sst, para or sts")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder, or a run folder (uses best)")
+    p.add_argument("--task", required=True,
+                   help="sst, para, sts or an aux task of the checkpoint (any case: STS is sts)")
     p.add_argument("--input", type=Path, required=True,
                    help="task file (TSV laid out as the dev files; the label column may be "
                         "absent; ids must be unique: a repeated id is an error naming its lines)")

@@ -8,21 +8,29 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a multitask model and log it to a run store",
-                       description="Train; overrides are key=value (unknown keys are refused).")
+    from gradlab.cli.keys import key_table
+
+    p = sub.add_parser(
+        "train", help="train a multitask model and log it to a run store",
+        description="Train; overrides are key=value (unknown keys are refused; a key=value "
+                    "override wins over the config file). 'gradlab config --list' prints the "
+                    "table below; 'gradlab config CONFIG key=value' checks a config without "
+                    "training.",
+        epilog="config keys (key = default), for the YAML file and key=value overrides:\n"
+               + key_table(96))
     p.add_argument("--config", type=Path, default=None, help="YAML config file")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue the run folder RUN from its newest checkpoint, with the "
                         "config saved in it (overrides: only keys that do not change the "
                         "result, e.g. progress=false threads=4)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config keys, e.g. steps=10 method=pcgrad (table below)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from gradlab.config import load_config
     from gradlab.store import StoreError
-    from gradlab.training import train
 
     try:
         if args.resume is not None:
@@ -30,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--resume continues a run with the config saved in it; "
                                  "do not pass --config as well")
             handle = resume(args.resume, args.overrides)
-        else:  # the file and the overrides merged, then validated together
-            handle = train(load_config(args.config, args.overrides))
+        else:  # the file and the overrides merged, then validated together, before the
+            # training stack (the slowest import) loads
+            cfg = load_config(args.config, args.overrides)
+            from gradlab.training import train
+
+            handle = train(cfg)
     except StoreError as err:  # names the run store; no traceback needed
         raise OSError(str(err)) from err
     print(json.dumps({"run": str(handle.path), "metrics": handle.metrics,
