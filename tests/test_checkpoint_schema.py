@@ -253,6 +253,10 @@ def test_a_model_or_optimizer_that_does_not_fit_is_refused_naming_the_tensor(
 
 def test_every_checkpoint_a_run_writes_is_well_formed(crashed):
     for folder in (crashed / "checkpoints").iterdir():
+        if not (folder / "train_state.safetensors").exists():
+            assert folder.name == "best"  # weights only once a last exists (sharing)
+            ckpt.load_checkpoint(folder, training_state=False)
+            continue
         check_training_state(folder, *ckpt.load_checkpoint(folder))
 
 
