@@ -368,9 +368,10 @@ class Run(CalibratedAccessors, ExampleAccessors):
         never = gradient_sources(self.schedule, self.config)
         if source is None:
             if not present and all(never.get(s) for s in SOURCES):
+                reasons = {never[s] for s in SOURCES}
                 raise NoGradientDataError(
-                    f"run {self.name!r} logs no gradient data: "
-                    + "; ".join(f"{s}: {never[s]}" for s in SOURCES))
+                    f"run {self.name!r} logs no gradient data: " + (reasons.pop() if len(
+                        reasons) == 1 else "; ".join(f"{s}: {never[s]}" for s in SOURCES)))
             return present
         if source not in SOURCES and source not in present:
             raise ValueError(f"unknown source {source!r}; sources are {list(SOURCES)}")

@@ -63,9 +63,15 @@ def gradient_sources(schedule: str, config: Mapping[str, Any]) -> dict[str, str 
 
     >>> gradient_sources("round_robin", {"probe_every": 0})["probe"]
     'probe_every=0 (no probes); set probe_every=N to log probe Gramians every N steps'
+    >>> gradient_sources("joint", {"freeze_encoder": True})["train"][:20]
+    'freeze_encoder=true '
     """
     if not config:
         return {"train": None, "probe": None}
+    if config.get("freeze_encoder"):
+        why = ("freeze_encoder=true (the encoder is frozen: no shared gradient to log); "
+               "gradient data needs freeze_encoder=false")
+        return {"train": why, "probe": why}
     train = None
     if schedule != "joint":
         train = (f"schedule={schedule} (one task per step has no Gramian to log); train "

@@ -335,7 +335,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, resume: bool,
 def _warn_without_gradient_data(cfg: TrainConfig) -> None:
     """Warn when the run will log no Gramian at all (nothing for the conflict figures)."""
     never = gradient_sources(cfg.schedule, to_dict(cfg))
-    if all(never.values()):
+    if all(never.values()) and not cfg.freeze_encoder:  # a frozen run has warned already
         warnings.warn(f"run {cfg.name!r} will log no gradient data (no conflict figures): "
                       + "; ".join(f"{source}: {why}" for source, why in never.items()),
                       UserWarning, stacklevel=3)

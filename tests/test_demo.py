@@ -9,6 +9,7 @@ import yaml
 
 import gradlab
 from gradlab.cli import main
+from gradlab.run import NoGradientDataError
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +49,9 @@ def test_demo_trains_four_runs_on_the_same_batches_and_writes_figures(tmp_path, 
         assert evals.groupby("task")["step"].nunique().min() == steps // 2
     frozen = gradlab.load_run(runs_dir / "frozen")  # the baseline: heads only, no Gramians
     assert frozen.config["freeze_encoder"] and frozen.method == "frozen"
-    assert frozen.blocks == [] and frozen.cosines().empty
+    assert frozen.blocks == []
+    with pytest.raises(NoGradientDataError, match="freeze_encoder=true"):
+        frozen.cosines()  # says why: no shared gradient, not "set log_train_gramians"
     _assert_encoder_unchanged(runs_dir / "frozen", tiny_overrides)
     assert table.loc[3, "score"] != table.loc[0, "score"]  # fine-tuning changed something
     compared = pd.read_csv(out / "compare.csv")

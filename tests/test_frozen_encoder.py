@@ -15,6 +15,7 @@ import gradlab
 from gradlab.build import build_parts
 from gradlab.config import ConfigError, load_config
 from gradlab.plot import comparison_table
+from gradlab.run import NoGradientDataError
 from gradlab.step import train_step
 
 
@@ -51,7 +52,9 @@ def test_frozen_run_logs_no_gramians_and_is_compared_as_the_frozen_variant(tmp_p
     gradlab.train(None, name="sum", **tiny_overrides)
     frozen = gradlab.load_run(tmp_path / "runs" / "frozen")
     assert frozen.method == "frozen" and frozen.blocks == []
-    assert frozen.cosines().empty and not frozen.losses().empty
+    assert not frozen.losses().empty
+    with pytest.raises(NoGradientDataError, match=r"gradient data: freeze_encoder=true \("):
+        frozen.cosines()  # one reason, said once
     runs = gradlab.load_runs([tmp_path / "runs" / "sum", tmp_path / "runs" / "frozen"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # freeze_encoder is no "settings differ" warning

@@ -22,6 +22,8 @@ from gradlab.plot._export import export, resolve_width
 from gradlab.plot._figures import compare, plot_conflicts
 from gradlab.plot._layout import axes_figure, legend_below
 from gradlab.plot._tables import comparison_table, table_to_csv, table_to_latex
+from gradlab.run_frames import gradient_sources
+from gradlab.runs import Runs
 
 __all__ = ["run_figures", "comparison_figures", "write_figures", "write_comparison",
            "RUN_FIGURES"]
@@ -63,6 +65,11 @@ def run_figures(run) -> dict[str, Callable[[str | float], Figure]]:
     return figures
 
 
+def logs_gradients(run) -> bool:
+    """Whether ``run`` logs any Gramian (train or probe rows), by its schedule and config."""
+    return not all(gradient_sources(run.schedule, run.config).values())
+
+
 def comparison_figures(runs) -> dict[str, Callable[[str | float], Figure]]:
     """The figures comparing ``runs`` (Runs): the comparison, per-pair probe cosines,
     conflict rates and cosine distributions, training curves, and each run's dashboard and
@@ -70,17 +77,22 @@ def comparison_figures(runs) -> dict[str, Callable[[str | float], Figure]]:
     figures: dict[str, Callable[[str | float], Figure]] = {
         "compare": lambda width: compare(runs, width=width)[0]
     }
+    # runs that log no Gramians (a frozen encoder, probe_every=0 on round-robin) are in the
+    # comparison and the curves, not in the gradient figures
+    gradient_runs = [r for r in runs.runs if logs_gradients(r)]
+    with_gradients = runs if len(gradient_runs) == len(runs.runs) else Runs(gradient_runs)
     # one file per pair: methods x pairs x seed bands in one axes is unreadable past 2 methods
-    for pair in pairs_of(runs, "probe"):
-        figures[f"cosine_probe_{pair}"] = _one(_axes.cosine_over_training, runs,
+    for pair in pairs_of(with_gradients, "probe") if gradient_runs else []:
+        figures[f"cosine_probe_{pair}"] = _one(_axes.cosine_over_training, with_gradients,
                                                source="probe", pair=pair)  # fmt: skip
-        figures[f"conflict_rate_probe_{pair}"] = _one(_axes.conflict_rate, runs,
+        figures[f"conflict_rate_probe_{pair}"] = _one(_axes.conflict_rate, with_gradients,
                                                       source="probe", pair=pair)  # fmt: skip
-        figures[f"cosine_distribution_{pair}"] = _one(_summaries.cosine_distribution, runs,
-                                                      source="probe", pair=pair)  # fmt: skip
+        figures[f"cosine_distribution_{pair}"] = _one(_summaries.cosine_distribution,
+                                                      with_gradients, source="probe",
+                                                      pair=pair)  # fmt: skip
     figures["training_curves"] = _one(_axes.training_curves, runs)
     figures["training_loss"] = _one(_axes.training_curves, runs, kind="loss")
-    for one in runs.runs:
+    for one in gradient_runs:
         figures[f"conflicts_{one.name}"] = lambda width, one=one: plot_conflicts(one, width=width)
         figures[f"gradient_arrows_{one.name}"] = _one(gradient_arrows, one, source="probe")
     return figures
