@@ -8,4 +8,5 @@ if command -v apt-get >/dev/null && [ ! -d /usr/share/wordnet ] && [ "$(id -u)" 
     || echo "note: could not install wordnet-base; EDA tests will be skipped"
 fi
 python -m pip install -q -e ".[test]"
-python -m pytest -q "$@"
+# one worker per core (pytest-xdist); GRADLAB_TEST_WORKERS=0 runs in one process
+python -m pytest -q -n "${GRADLAB_TEST_WORKERS:-auto}" "$@"

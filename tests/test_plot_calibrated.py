@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from helpers_runs import make_synthetic_run  # noqa: E402
@@ -23,6 +24,7 @@ import gradlab  # noqa: E402
 from gradlab import calibration, plot  # noqa: E402
 from gradlab.plot._calibrated import NOISE_STYLE  # noqa: E402
 from gradlab.run import load_run, load_runs  # noqa: E402
+from gradlab.runs import Runs  # noqa: E402
 
 Z = norm.ppf(0.975)
 
@@ -204,3 +206,33 @@ def test_block_names_in_figures_are_the_data_names(tiny_run):
     ax = plot.layer_heatmap(tiny_run, pair="sst-para", source="probe")
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == [b for b in tiny_run.blocks if b in set(tiny_run.cosines()["block"])]
+
+
+def test_noise_bands_on_the_batches_per_task_axis(tmp_path):
+    # a joint and a round-robin run compared: x is batches per task, and each run's band is
+    # placed at its own steps / (optimizer steps per batch of each task)
+    joint = load_run(make_synthetic_run(tmp_path / "joint", method="sum", steps=30,
+                                        probe_every=5))
+    rr = load_run(make_synthetic_run(tmp_path / "rr", method="sum", schedule="round_robin",
+                                     steps=90, probe_every=15))
+    runs = Runs([joint, rr])
+    ax = plot.cosine_over_training(runs, source="probe", pair="sst-para")
+    assert ax.get_xlabel() == "Batches per task"
+    (band,) = _grey_bands(ax)
+    spreads = [r.raw_cosine_spread(blocks="encoder").query("pair == 'sst-para'")
+               for r in (joint, rr)]
+    at = pd.concat([spreads[0].assign(x=spreads[0]["step"]),
+                    spreads[1].assign(x=spreads[1]["step"] / 3)]).groupby("x")["estimate"].max()
+    assert list(at.index) == [0, 5, 10, 15, 20, 25]  # both runs probed at these points
+    for x, sd in at.items():
+        assert _band_at(band, x) == pytest.approx((-Z * sd, Z * sd))
+    window = 30
+    ax = plot.conflict_rate(runs, source="probe", pair="sst-para", window=window,
+                            ax=plt.figure().gca())
+    assert ax.get_xlabel() == "Batches per task"
+    (band,) = _grey_bands(ax)
+    rr_steps = np.unique(rr.conflicts(source="probe", window=window)["step"])
+    # the round-robin run has the fewer probes in a 30-step window: its band is the widest
+    n = int(((rr_steps > rr_steps[-1] - window) & (rr_steps <= rr_steps[-1])).sum())
+    lo, hi = calibration.noise_only_conflict_band(n)
+    assert _band_at(band, rr_steps[-1] / 3) == pytest.approx((float(lo), float(hi)))

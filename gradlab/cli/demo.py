@@ -66,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
         folder = args.runs_dir / name
         if args.force and folder.exists():
             shutil.rmtree(folder)
-        # eval_every counts batches per task, as `steps` does: a one-task schedule takes
-        # T optimizer steps per batch of each task
-        every = base.eval_every * (len(base.tasks) if schedule != "joint" else 1)
+        # eval_every and probe_every count batches per task, as `steps` does: a one-task
+        # schedule takes T optimizer steps per batch of each task, so its evaluations and
+        # probes fall at the joint runs' points (and it probes as often as they do)
+        scale = len(base.tasks) if schedule != "joint" else 1
         settings = {"method": method, "schedule": schedule, "step_budget": "per_task",
-                    "eval_every": every, "freeze_encoder": frozen}
+                    "eval_every": base.eval_every * scale,
+                    "probe_every": base.probe_every * scale, "freeze_encoder": frozen}
         if frozen:  # no shared gradients: nothing to probe or take a Gramian of
             settings.update(probe_every=0, log_train_gramians=False)
         handle = _finished(folder, base, settings) if args.resume else None

@@ -132,6 +132,13 @@ def _x_axis(data, df: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str]:
     return df, "Batches per task"
 
 
+def _steps_per_task_batch(data, df: pd.DataFrame) -> dict[str, int]:
+    """run -> optimizer steps per batch of each task: T for a one-task schedule, else 1."""
+    tasks = _tasks_per_run(data, df)
+    one_task = df.loc[~df["schedule"].isin(["joint", "", None]), "run"].unique()
+    return {name: tasks[name] if name in one_task else 1 for name in tasks}
+
+
 def _tasks_per_run(data, df: pd.DataFrame) -> dict[str, int]:
     """run -> number of tasks it trained: from the runs' configs, else the frame's tasks."""
     out: dict[str, int] = {}
@@ -170,7 +177,7 @@ def cosine_over_training(
     ``x``: "step", "task_batches" or "auto", as in `training_curves`. ``noise_band``: a
     grey band where a raw cosine (or its ``smooth``-step mean) lies, 95%, if the expected
     cosine were 0 (`Run.raw_cosine_spread` of the replicate probes; drawn for a Run or
-    Runs with replicate probes, on the step axis, and for train cosines when train and
+    Runs with replicate probes, on either x axis, and for train cosines when train and
     probe batches are equally large).
 
     >>> ax = cosine_over_training(run, pair="sst-para", smooth=20)  # doctest: +SKIP
@@ -179,8 +186,9 @@ def cosine_over_training(
                               pair=pair, smooth=smooth, ax=ax, blocks=block)
     df, xlabel = _x_axis(data, df, x)
     ax.axhline(0.0, color="0.25", lw=0.8, ls="--", zorder=1)
-    banded = noise_band and xlabel == "Step" and _calibrated.cosine_band(
-        ax, data, df, block=block, source=source, smooth=smooth)
+    banded = noise_band and _calibrated.cosine_band(
+        ax, data, df, block=block, source=source, smooth=smooth,
+        steps_per_x=None if xlabel == "Step" else _steps_per_task_batch(data, df))
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     if banded:
         _calibrated.add_noise_entry(ax, legend)
@@ -208,14 +216,16 @@ def conflict_rate(
     frame was made by ``Run.conflicts(window=...)``). ``x`` as in `training_curves`.
     ``noise_band``: a grey band where the rate lies, 95%, if the expected cosine were 0
     (1/2 +- z sqrt(1/4n) over the n steps in the window,
-    `gradlab.calibration.noise_only_conflict_band`; on the step axis).
+    `gradlab.calibration.noise_only_conflict_band`; per run, on either x axis).
     """
     df, source, ax = _prepare(data, "conflicts", ["pair", "conflict_rate"], source=source,
                               block=block, pair=pair, ax=ax, window=window, blocks=block)
-    df, xlabel = _x_axis(data, df.rename(columns={"conflict_rate": "value"}), x)
-    banded = noise_band and xlabel == "Step"  # the window counts steps
-    if banded:
-        _calibrated.conflict_band(ax, df, window)
+    by_step = df.rename(columns={"conflict_rate": "value"})
+    df, xlabel = _x_axis(data, by_step, x)
+    banded = noise_band and len(df) > 0
+    if banded:  # the window counts each run's steps: the band is made on the step axis
+        _calibrated.conflict_band(ax, by_step, window, steps_per_x=None if xlabel == "Step"
+                                  else _steps_per_task_batch(data, by_step))
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
     if banded:
         _calibrated.add_noise_entry(ax, legend)

@@ -134,12 +134,15 @@ def has_replicates(run) -> bool:
 
 
 def cosine_band(ax: Axes, data, df: pd.DataFrame, *, block: str, source: str,
-                smooth: int | None, level: float = 0.95) -> bool:
+                smooth: int | None, level: float = 0.95,
+                steps_per_x: dict[str, float] | None = None) -> bool:
     """Grey band around 0: where a raw cosine of ``df``'s pairs (one point, or the trailing
     mean of ``smooth`` steps) lies at ``level`` if the expected cosine were 0, from the runs'
     replicate probes (+- z sd / sqrt(points averaged)); the widest of the drawn pairs. Drawn
     only for a Run or Runs with replicate probes whose train batches (``source="train"``)
-    are as large as the probe batches; returns whether it was drawn."""
+    are as large as the probe batches; returns whether it was drawn. steps_per_x: run name ->
+    optimizer steps per unit of the x axis (on a batches-per-task axis, T for a one-task
+    schedule), 1 where not given."""
     from scipy.stats import norm
 
     runs = getattr(data, "runs", None) or ([data] if hasattr(data, "raw_cosine_spread") else [])
@@ -153,7 +156,9 @@ def cosine_band(ax: Axes, data, df: pd.DataFrame, *, block: str, source: str,
             continue
         sd = sd[sd["pair"].isin(_unordered(df["pair"].unique())) & np.isfinite(sd["estimate"])]
         if len(sd):
-            spreads.append(sd[["step", "estimate"]])
+            sd = sd[["step", "estimate"]].astype({"step": float})
+            sd["step"] /= (steps_per_x or {}).get(run.name, 1)
+            spreads.append(sd)
     if not spreads:
         return False
     sd = pd.concat(spreads).groupby("step")["estimate"].max().sort_index()
@@ -162,16 +167,26 @@ def cosine_band(ax: Axes, data, df: pd.DataFrame, *, block: str, source: str,
     return True
 
 
-def conflict_band(ax: Axes, df: pd.DataFrame, window: int, level: float = 0.95) -> None:
+def conflict_band(ax: Axes, df: pd.DataFrame, window: int, level: float = 0.95,
+                  steps_per_x: dict[str, float] | None = None) -> None:
     """Grey band: the range of a conflict rate over the logged steps in a ``window``-step
     window if the expected cosine were 0 (1/2 +- z sqrt(1 / 4n),
-    `gradlab.calibration.noise_only_conflict_band`), n counted per step as the curve has."""
-    steps = np.unique(df["step"].to_numpy(float))
-    if not len(steps):
+    `gradlab.calibration.noise_only_conflict_band`), n counted per run and step as its curve
+    has; ``df`` on the step axis (columns run, step), the band drawn on the x axis that
+    ``steps_per_x`` gives (as in `cosine_band`), the widest of the runs at each x."""
+    parts = []
+    for name, part in (df.groupby("run") if "run" in df.columns else [("", df)]):
+        steps = np.unique(part["step"].to_numpy(float))
+        n = np.arange(1, len(steps) + 1) - np.searchsorted(steps, steps - window, side="right")
+        lo, hi = calibration.noise_only_conflict_band(n, level=level)
+        parts.append(pd.DataFrame({"x": steps / (steps_per_x or {}).get(name, 1),
+                                   "lo": lo, "hi": hi}))
+    if not parts:
         return
-    n = np.arange(1, len(steps) + 1) - np.searchsorted(steps, steps - window, side="right")
-    lo, hi = calibration.noise_only_conflict_band(n, level=level)
-    ax.fill_between(steps, lo, hi, **NOISE_STYLE)
+    band = pd.concat(parts).groupby("x").agg(lo=("lo", "min"), hi=("hi", "max")).sort_index()
+    if len(band):
+        ax.fill_between(band.index.to_numpy(float), band["lo"].to_numpy(float),
+                        band["hi"].to_numpy(float), **NOISE_STYLE)
 
 
 def add_noise_entry(ax: Axes, legend) -> None:
