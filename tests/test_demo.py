@@ -47,6 +47,11 @@ def test_demo_trains_four_runs_on_the_same_batches_and_writes_figures(tmp_path, 
     for name in ("sum", "round_robin", "pcgrad"):  # dev curves: evaluated during training
         evals = gradlab.load_run(runs_dir / name).evals()
         assert evals.groupby("task")["step"].nunique().min() == steps // 2
+    # probes at the same batches per task in every run: round-robin probes every 3 x 2 steps
+    probed = {name: sorted(gradlab.load_run(runs_dir / name).cosines(source="probe")["step"]
+                           .unique()) for name in ("sum", "round_robin")}
+    assert probed["sum"] == list(range(0, steps + 1, 2))
+    assert probed["round_robin"] == [3 * s for s in probed["sum"]]
     frozen = gradlab.load_run(runs_dir / "frozen")  # the baseline: heads only, no Gramians
     assert frozen.config["freeze_encoder"] and frozen.method == "frozen"
     assert frozen.blocks == []
