@@ -14,7 +14,7 @@ from helpers_runs import make_synthetic_run  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from gradlab import plot  # noqa: E402
-from gradlab.run import load_runs  # noqa: E402
+from gradlab.run import load_run, load_runs  # noqa: E402
 
 WIDTHS = sorted(plot.WIDTHS)
 
@@ -69,6 +69,44 @@ def test_every_catalogue_figure_fits_every_width_preset(runs, width, tmp_path):
         fig = make(width)
         assert plot.layout_problems(fig) == [], name
         plt.close(fig)
+
+
+#: MiniLM-L6's blocks: seven rows of labels in the per-layer panels
+MINILM_BLOCKS = ("embeddings", *(f"layer.{i}" for i in range(6)))
+
+
+@pytest.fixture(scope="module")
+def minilm_shaped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit-minilm")
+    return {method: load_run(make_synthetic_run(root / method, method=method, steps=80,
+                                                probe_every=8, blocks=MINILM_BLOCKS))
+            for method in ("sum", "pcgrad")}
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("method", ["sum", "pcgrad"])
+def test_dashboard_of_a_seven_block_run_fits_every_width_preset(minilm_shaped, method, width,
+                                                                 tmp_path):
+    # the stacked dashboard gives its per-layer panels (heatmap, S-conflict bars) a row of
+    # height per block, and stays within a page (the demo's MiniLM runs failed at columns)
+    fig = plot.plot_conflicts(minilm_shaped[method], width=width)
+    assert plot.layout_problems(fig) == []
+    assert fig.get_size_inches()[1] <= 9.5
+    plt.close(fig)
+
+
+def test_write_figures_writes_what_fits_and_names_what_does_not(runs, tmp_path):
+    def squeezed(width):
+        fig, axes = plt.subplots(1, 6, layout="constrained")
+        for ax in axes:
+            ax.set_ylabel("a long label that needs room " * 2)
+        return fig
+
+    figures = {"fits": lambda w: plot.plot_conflicts(_pcgrad(runs), width=w),
+               "squeezed": squeezed}
+    with pytest.raises(ValueError, match=r"1 figure\(s\) not written .*squeezed: the figure"):
+        plot.write_figures(figures, tmp_path, width="icml-column", formats=("png",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fits.png"]
 
 
 def test_export_refuses_a_figure_that_does_not_fit(tmp_path):

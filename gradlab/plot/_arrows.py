@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -340,6 +341,13 @@ def _fit(ax: Axes, tips: np.ndarray, legend) -> None:
             height = legend.get_window_extent(renderer).height
             band = min(0.6, (height + 4.0) / max(ax.get_window_extent(renderer).height, 1.0))
         _square(ax, box, band)
+    # The ticks of the final limits, fixed: otherwise the locator picks them after the layout
+    # has made room for others (e.g. "-12.5" where it measured "-10"), and a label is cut.
+    fig.draw_without_rendering()
+    for axis in (ax.xaxis, ax.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        axis.set_major_locator(mticker.FixedLocator(
+            [t for t in axis.get_majorticklocs() if lo <= t <= hi]))
 
 
 def _legend_inside(ax: Axes, handles, labels, title):

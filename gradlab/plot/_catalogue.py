@@ -107,10 +107,13 @@ def write_figures(
     """Build each figure at ``width`` and export it under ``out``; returns the written files.
 
     A figure the data cannot give (e.g. projection rates of a summed-loss run) is skipped
-    with a line on stderr naming the reason.
+    with a line on stderr naming the reason. A figure that does not fit ``width`` (see
+    `export`) is not written, and the others are; then `FigureFitError` names every such
+    figure.
     """
     out = Path(out)
     written: list[Path] = []
+    unfit: list[str] = []
     for name, make in figures.items():
         try:
             fig = make(width)
@@ -120,9 +123,18 @@ def write_figures(
             continue
         try:
             written += export(fig, out / name, width=width, formats=formats)
+        except ValueError as err:  # does not fit: nothing of it written
+            unfit.append(f"{name}: {err}")
         finally:
             plt.close(fig)
+    if unfit:
+        raise FigureFitError(f"{len(unfit)} figure(s) not written at width {width!r} (the "
+                             f"other {len(written)} files were): " + " | ".join(unfit))
     return written
+
+
+class FigureFitError(ValueError):
+    """Some figures could not be laid out at the asked width; the others were written."""
 
 
 def write_comparison(runs, out: str | Path, width: str | float = "icml-page") -> list[Path]:

@@ -83,10 +83,16 @@ def _where(block: str, source: str, smooth: int | None = None) -> str:
 
 
 def _log_y(ax: Axes) -> None:
-    """Log y axis ticked at 1-2-5 steps and labelled as plain numbers ("0.5", "20"), never
-    "6e-01"; unlabelled minor ticks (labelled ones crowd a column-wide panel)."""
+    """Log y axis ticked at 1-2-5 steps (1-3 over more than a decade, decades over more than
+    two) and labelled as plain numbers ("0.5", "20"), never "6e-01"; unlabelled minor ticks
+    (labelled ones crowd a column-wide panel). Call it after drawing the data."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    # 1-2-5 over one decade; fewer labels as the span grows, so they never touch
+    subs = (1.0, 2.0, 5.0) if decades <= 1.2 else (1.0, 3.0) if decades <= 2.2 else (1.0,)
+    ax.yaxis.set_major_locator(mticker.LogLocator(subs=subs))
     ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
     ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 

@@ -70,11 +70,19 @@ def plot_conflicts(
         heatmap_method = variants[0]
     inches = resolve_width(width) if width is not None else PAGE[0]
     cols = 2 if inches >= 5 else 1
+    projected = _has_projections(run_or_runs)
+    panel = 1.2 if cols == 1 else 1.7  # inches per row of panels
+    heights = [panel] * (6 // cols)
+    if cols == 1:  # stacked: the per-layer panels get a row of text per block
+        per_block = panel_for_blocks(_block_count(run_or_runs))
+        heights[4] = max(panel, per_block)  # the layer heatmap
+        if not projected:
+            heights[3] = max(panel, per_block)  # S-conflict bars per layer
     if figsize is None:
-        panel = 1.3 if cols == 1 else 1.7  # inches per row of panels
-        figsize = PAGE if cols == 2 and width is None else (inches, panel * 6 / cols + 1.4)
+        figsize = PAGE if cols == 2 and width is None else (inches, sum(heights) + 1.4)
     with _theme.theme_context(_theme.font_scale_for(inches)):
-        fig, axes = plt.subplots(6 // cols, cols, figsize=figsize, layout="constrained")
+        fig, axes = plt.subplots(6 // cols, cols, figsize=figsize, layout="constrained",
+                                 gridspec_kw={"height_ratios": heights})
         a_cos, a_conf, a_gms, a_proj, a_heat, a_norm = axes.flat
         common = {"source": source, "block": block}
         _axes.cosine_over_training(run_or_runs, pair=pairs, smooth=smooth, legend=False, ax=a_cos,
@@ -91,7 +99,6 @@ def plot_conflicts(
             _axes.magnitude_similarity(
                 run_or_runs, pair=pairs, smooth=smooth, legend=False, ax=a_gms, **common
             )
-        projected = _has_projections(run_or_runs)
         if projected:
             _axes.projection_rate(run_or_runs, pair=pairs, window=window, ax=a_proj)
         else:
@@ -127,6 +134,19 @@ def plot_conflicts(
         a_conf.set_ylabel("Conflict rate")  # "cos < 0" and the window are in the title
         _layout.legend_below(fig, [a_conf, a_gms, a_proj, a_norm], title="", fontsize="small")
     return fig
+
+
+def _block_count(run_or_runs) -> int:
+    """The most per-layer blocks any of the runs logs (0 when unknown)."""
+    runs = getattr(run_or_runs, "runs", None) or [run_or_runs]
+    return max((len(getattr(r, "blocks", None) or []) for r in runs), default=0)
+
+
+def panel_for_blocks(blocks: int) -> float:
+    """Height in inches of a stacked panel with one labelled row per block (a layer heatmap,
+    S-conflict bars): a tick label needs about 0.14 in at column-width fonts, plus the
+    title and the x axis."""
+    return 0.14 * blocks + 0.6
 
 
 def compare(

@@ -79,7 +79,9 @@ def s_conflict_bars(
         err_kws={"linewidth": 1.0},
     )
     ax.set(ylabel="", xlabel=f"Share of steps with cos < {S:g}")
-    ax.set_xlim(0, None)  # a t interval of a share can reach below 0
+    # from 0 (a t interval of a share can reach below 0), and a little room to the right so
+    # a tick label at the axis' end stays on the canvas of a right-hand panel
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.08)
     ax.tick_params(axis="y", length=0)
     ax.grid(False, axis="y")
     _legend(ax, legend)
