@@ -236,3 +236,16 @@ def test_noise_bands_on_the_batches_per_task_axis(tmp_path):
     n = int(((rr_steps > rr_steps[-1] - window) & (rr_steps <= rr_steps[-1])).sum())
     lo, hi = calibration.noise_only_conflict_band(n)
     assert _band_at(band, rr_steps[-1] / 3) == pytest.approx((float(lo), float(hi)))
+
+
+def test_seed_bands_of_bounded_quantities_stay_within_their_bounds(tmp_path):
+    # two seeds: a t band with 1 degree of freedom is 12.7 standard errors wide, past +-1
+    runs = Runs([load_run(make_synthetic_run(tmp_path / f"s{seed}", method="sum", seed=seed,
+                                             steps=40, probe_every=5, rng_seed=seed))
+                 for seed in (0, 1)])
+    ax = plot.cosine_over_training(runs, source="train", pair="sst-para", noise_band=False)
+    low, high = ax.get_ylim()
+    assert -1.02 <= low and high <= 1.02
+    ax = plot.training_curves(runs, task="sts", metric="pearson", ax=plt.figure().gca())
+    low, high = ax.get_ylim()
+    assert -1.02 <= low and high <= 1.02

@@ -46,6 +46,14 @@ from gradlab.plot._draw import (
 
 #: metrics that live in [0, 1]: their axes stop there, whatever a seed band says
 UNIT_METRICS = {"accuracy", "f1", "macro_f1", "score", "mean"}
+#: metrics that live in [-1, 1]
+CORRELATIONS = {"pearson", "spearman"}
+
+
+def _clamp_ylim(ax: Axes, low: float, high: float) -> None:
+    """The y range cut to [low, high]: a seed band of a bounded quantity may pass its bound."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, low), min(hi, high))
 
 __all__ = [
     "training_curves",
@@ -107,8 +115,9 @@ def training_curves(
     ax = _ax(ax)
     _task_lines(ax, df, errorbar=errorbar, legend=legend, labels=labels)
     if kind == "dev" and set(df["metric"]) <= UNIT_METRICS:  # a t band may pass 0 or 1
-        low, high = ax.get_ylim()
-        ax.set_ylim(max(low, -0.01), min(high, 1.01))
+        _clamp_ylim(ax, -0.01, 1.01)
+    elif kind == "dev" and set(df["metric"]) <= UNIT_METRICS | CORRELATIONS:
+        _clamp_ylim(ax, -1.02, 1.02)
     what = f"{split} set" if kind == "dev" else "training loss"
     ax.set(xlabel=xlabel, ylabel=ylabel)
     _title(ax, what + (f" · {smooth}-step mean" if smooth and smooth > 1 else ""), df)
@@ -190,6 +199,7 @@ def cosine_over_training(
         ax, data, df, block=block, source=source, smooth=smooth,
         steps_per_x=None if xlabel == "Step" else _steps_per_task_batch(data, df))
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
+    _clamp_ylim(ax, -1.02, 1.02)  # a seed band of a cosine may pass +-1
     if banded:
         _calibrated.add_noise_entry(ax, legend)
     ax.set(xlabel=xlabel, ylabel="Cosine similarity")
