@@ -249,3 +249,22 @@ def test_seed_bands_of_bounded_quantities_stay_within_their_bounds(tmp_path):
     ax = plot.training_curves(runs, task="sts", metric="pearson", ax=plt.figure().gca())
     low, high = ax.get_ylim()
     assert -1.02 <= low and high <= 1.02
+
+
+def test_final_metric_intervals_of_two_seeds_stay_within_the_metrics_bounds(tmp_path):
+    # the compare figure's final-dev panel: two seeds far apart give a t interval (1 degree
+    # of freedom) far past 0 and 1
+    from gradlab.store import RunWriter
+
+    for seed, value in ((0, 0.15), (1, 0.85)):
+        with RunWriter(tmp_path / f"s{seed}", name=f"s{seed}", config={}, tasks=["sst"],
+                       blocks=[("layer.0", 2)], method="sum", seed=seed,
+                       schedule="joint") as writer:
+            writer.log_eval(10, "dev", "sst", {"accuracy": value})
+    runs = gradlab.load_runs(tmp_path)
+    ax = plot.method_comparison(runs, ax=plt.figure().gca())
+    low, high = ax.get_xlim()
+    assert -0.01 <= low and high <= 1.01
+    ax = plot.seed_points(runs, task="sst", ax=plt.figure().gca())
+    low, high = ax.get_ylim()
+    assert -0.01 <= low and high <= 1.01

@@ -27,10 +27,12 @@ from gradlab.plot._draw import (
     BAND,
     Errorbar,
     _ax,
+    _clamp_lim,
     _edges,
     _has_seeds,
     _legend,
     _log_y,
+    _metric_limits,
     _one_pair,
     _one_variant,
     _pair_lines,
@@ -43,17 +45,6 @@ from gradlab.plot._draw import (
     _title,
     _where,
 )
-
-#: metrics that live in [0, 1]: their axes stop there, whatever a seed band says
-UNIT_METRICS = {"accuracy", "f1", "macro_f1", "score", "mean"}
-#: metrics that live in [-1, 1]
-CORRELATIONS = {"pearson", "spearman"}
-
-
-def _clamp_ylim(ax: Axes, low: float, high: float) -> None:
-    """The y range cut to [low, high]: a seed band of a bounded quantity may pass its bound."""
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(max(lo, low), min(hi, high))
 
 __all__ = [
     "training_curves",
@@ -114,10 +105,9 @@ def training_curves(
     df, xlabel = _x_axis(data, df, x)
     ax = _ax(ax)
     _task_lines(ax, df, errorbar=errorbar, legend=legend, labels=labels)
-    if kind == "dev" and set(df["metric"]) <= UNIT_METRICS:  # a t band may pass 0 or 1
-        _clamp_ylim(ax, -0.01, 1.01)
-    elif kind == "dev" and set(df["metric"]) <= UNIT_METRICS | CORRELATIONS:
-        _clamp_ylim(ax, -1.02, 1.02)
+    limits = _metric_limits(df["metric"]) if kind == "dev" else None
+    if limits is not None:  # a t band may pass the metric's bounds
+        _clamp_lim(ax, *limits)
     what = f"{split} set" if kind == "dev" else "training loss"
     ax.set(xlabel=xlabel, ylabel=ylabel)
     _title(ax, what + (f" · {smooth}-step mean" if smooth and smooth > 1 else ""), df)
@@ -199,7 +189,7 @@ def cosine_over_training(
         ax, data, df, block=block, source=source, smooth=smooth,
         steps_per_x=None if xlabel == "Step" else _steps_per_task_batch(data, df))
     _pair_lines(ax, df, errorbar=errorbar, legend=legend)
-    _clamp_ylim(ax, -1.02, 1.02)  # a seed band of a cosine may pass +-1
+    _clamp_lim(ax, -1.02, 1.02)  # a seed band of a cosine may pass +-1
     if banded:
         _calibrated.add_noise_entry(ax, legend)
     ax.set(xlabel=xlabel, ylabel="Cosine similarity")

@@ -108,6 +108,31 @@ def _thin(df: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
     return df[df["step"].isin(np.r_[keep, steps[-1]])]
 
 
+#: metrics that live in [0, 1]: their axes stop there, whatever a seed band says
+UNIT_METRICS = {"accuracy", "f1", "macro_f1", "score", "mean"}
+#: metrics that live in [-1, 1]
+CORRELATIONS = {"pearson", "spearman"}
+
+
+def _metric_limits(metrics) -> tuple[float, float] | None:
+    """The axis range the bounded ``metrics`` can take (a little margin beyond the bound),
+    or None when one of them is unbounded (an MSE, a loss)."""
+    metrics = set(metrics)
+    if metrics <= UNIT_METRICS:
+        return -0.01, 1.01
+    if metrics <= UNIT_METRICS | CORRELATIONS:
+        return -1.02, 1.02
+    return None
+
+
+def _clamp_lim(ax: Axes, low: float, high: float, axis: str = "y") -> None:
+    """The ``axis`` range cut to [low, high]: a seed band or t interval of a bounded quantity
+    (two seeds: 12.7 standard errors wide) may pass its bound."""
+    get, put = (ax.get_ylim, ax.set_ylim) if axis == "y" else (ax.get_xlim, ax.set_xlim)
+    lo, hi = get()
+    put(max(lo, low), min(hi, high))
+
+
 def _has_seeds(df: pd.DataFrame) -> bool:
     return bool((df.groupby("variant")["run"].nunique() > 1).any())
 

@@ -18,9 +18,11 @@ from gradlab.plot._draw import (
     BAND,
     Errorbar,
     _ax,
+    _clamp_lim,
     _has_seeds,
     _hue_for_pairs,
     _legend,
+    _metric_limits,
     _prepare,
     _select_metrics,
     _select_pairs,
@@ -208,6 +210,9 @@ def method_comparison(
     else:
         ax = sns.barplot(**common, saturation=1.0, capsize=0.15, err_kws={"linewidth": 1.0})
     ax.set(ylabel="", xlabel=f"{split.capitalize()} metric ({at})")
+    limits = _metric_limits(df["metric"])
+    if limits is not None:  # a t interval of two seeds may pass the metric's bounds
+        _clamp_lim(ax, *limits, axis="x")
     ax.tick_params(axis="y", length=0)
     ax.grid(False, axis="y")
     _legend(ax, legend)
@@ -255,6 +260,9 @@ def seed_points(
     ax.set_xticks(range(len(variants)), [_theme.method_label(v) for v in variants])
     ax.set_xlim(-0.6, len(variants) - 0.4)
     ax.set(xlabel="", ylabel=_theme.metric_label(df["metric"].iloc[0]))
+    limits = _metric_limits(df["metric"])
+    if limits is not None:
+        _clamp_lim(ax, *limits)
     ax.grid(False, axis="x")
     n = df.groupby("variant")["run"].nunique()
     _title(ax, f"{_theme.task_label(task)} · seeds and mean (95% CI)" if n.max() > 1
