@@ -12,6 +12,12 @@ to the notebook's folder), and each can be set with an environment variable:
 Every schedule gets the same batches of each task (``step_budget="per_task"``), as in the
 demo: round-robin takes T optimizer steps per batch of each task.
 
+Background trainings take one torch thread each unless ``threads`` is given: torch's default
+is one thread per core in every process, and six trainings of two threads each on a 2-core
+machine ran 4-5x slower than the same six one after another (each process's threads spin
+waiting for cores the others hold). ``ensure_runs`` runs at most one training per core at a
+time (``max_parallel``).
+
     >>> nb = notebook_setup()                       # doctest: +SKIP
     >>> folders = nb.ensure_runs(seeds=(0, 1))      # doctest: +SKIP
 """
@@ -64,14 +70,18 @@ class NotebookSetup:
     figures: Path
     demo_runs: Path
     budget: dict = field(default_factory=dict)
+    #: trainings ``ensure_runs`` runs at once (default: one per core, one thread each)
+    max_parallel: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def train_in_background(self, name: str, overwrite: bool = False, **values):
         """``gradlab.train(..., background=True)`` of run ``name`` in `runs` on the notebooks'
         budget (``values`` change it); returns its `gradlab.background.BackgroundTraining`.
-        ``eval_every`` counts batches per task, as ``steps`` does."""
+        ``eval_every`` counts batches per task, as ``steps`` does. One torch thread unless
+        ``threads`` is given (several trainings share the cores; see the module docstring)."""
         import gradlab
 
-        values = {"name": name, "runs_dir": str(self.runs), **self.budget, **values}
+        values = {"name": name, "runs_dir": str(self.runs), "threads": 1, **self.budget,
+                  **values}
         if values.get("schedule", "joint") != "joint" and values.get("eval_every"):
             from gradlab.config import TrainConfig
 
@@ -81,10 +91,11 @@ class NotebookSetup:
 
     def ensure_runs(self, seeds=(0,), methods: dict | None = None) -> list[Path]:
         """Train each method of ``methods`` (default `METHODS`) for each seed unless its run
-        finished before, all at once in the background; returns the run folders."""
+        finished before, in the background, at most `max_parallel` at a time (one thread
+        each); returns the run folders."""
         import gradlab
 
-        folders, jobs = [], []
+        folders, todo = [], []
         for seed in seeds:
             for name, values in (methods or METHODS).items():
                 folder = self.runs / f"{name}-s{seed}"
@@ -94,8 +105,13 @@ class NotebookSetup:
                     continue
                 if folder.exists():  # an unfinished run: keep it aside, train anew
                     shutil.move(str(folder), f"{folder}.old-{int(time.time())}")
-                jobs.append(self.train_in_background(folder.name, seed=seed, **values))
-        for job in jobs:
+                todo.append((folder.name, seed, values))
+        running: list = []
+        for name, seed, values in todo:
+            while len(running) >= max(1, self.max_parallel):
+                running = _wait_for_one(running)
+            running.append(self.train_in_background(name, seed=seed, **values))
+        for job in running:
             job.wait()
         return folders
 
@@ -110,6 +126,17 @@ class NotebookSetup:
         mode = "tiny random BERT" if self.tiny else "MiniLM-L6, small budget"
         return (f"NotebookSetup({mode}; runs in {self.runs}, figures in {self.figures}, "
                 f"demo runs read from {self.demo_runs})")
+
+
+def _wait_for_one(jobs: list) -> list:
+    """Wait until one of the background trainings ``jobs`` ends (its error, if it failed, is
+    raised by its ``wait``); return the others."""
+    while True:
+        for k, job in enumerate(jobs):
+            if job.done:
+                job.wait()
+                return jobs[:k] + jobs[k + 1:]
+        time.sleep(0.5)
 
 
 def notebook_setup(tiny: bool | None = None) -> NotebookSetup:

@@ -97,3 +97,23 @@ def test_notebooks_share_one_setup_and_state_their_budget():
         assert "nb = notebook_setup()" in nb.cells[1].source, path.name
         assert not any("subprocess" in c.source for c in nb.cells), path.name
     assert "GRADLAB_NOTEBOOK_TINY" in NOTEBOOKS[0].read_text()
+
+
+@pytest.mark.slow
+def test_ensure_runs_trains_one_run_per_core_at_a_time_on_one_thread(tmp_path, monkeypatch):
+    # six trainings of a core's worth of threads each on 2 cores ran 4-5x slower than in turn
+    import gradlab
+    from gradlab.notebook import METHODS, notebook_setup
+
+    monkeypatch.setenv("GRADLAB_NOTEBOOK_RUNS", str(tmp_path / "runs"))
+    nb = notebook_setup(tiny=True)
+    nb.budget.pop("threads")  # the tiny budget names 1 itself: the default is under test
+    nb.budget.update(steps=2, eval_every=0, probe_every=0)
+    nb.max_parallel = 1
+    methods = {k: METHODS[k] for k in ("sum", "pcgrad")}
+    first, second = (gradlab.load_run(f) for f in nb.ensure_runs(methods=methods))
+    assert first.status == second.status == "finished"
+    assert first.config["threads"] == second.config["threads"] == 1
+    # ISO timestamps (seconds) of one clock: the second run's store exists only after the
+    # first run ended
+    assert second.reader.meta()["created_at"] >= first.reader.meta()["ended_at"]
