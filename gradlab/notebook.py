@@ -14,9 +14,9 @@ demo: round-robin takes T optimizer steps per batch of each task.
 
 Background trainings take one torch thread each unless ``threads`` is given: torch's default
 is one thread per core in every process, and six trainings of two threads each on a 2-core
-machine ran 4-5x slower than the same six one after another (each process's threads spin
-waiting for cores the others hold). ``ensure_runs`` runs at most one training per core at a
-time (``max_parallel``).
+machine reached a third of their steps in 26 minutes, about 3x slower than the same six one
+after another (each process's threads wait for cores the others hold). ``ensure_runs``
+runs at most one training per core at a time (``max_parallel``).
 
     >>> nb = notebook_setup()                       # doctest: +SKIP
     >>> folders = nb.ensure_runs(seeds=(0, 1))      # doctest: +SKIP

@@ -101,7 +101,7 @@ def test_notebooks_share_one_setup_and_state_their_budget():
 
 @pytest.mark.slow
 def test_ensure_runs_trains_one_run_per_core_at_a_time_on_one_thread(tmp_path, monkeypatch):
-    # six trainings of a core's worth of threads each on 2 cores ran 4-5x slower than in turn
+    # six trainings of a core's worth of threads each on 2 cores ran about 3x slower than in turn
     import gradlab
     from gradlab.notebook import METHODS, notebook_setup
 
