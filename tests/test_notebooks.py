@@ -117,3 +117,12 @@ def test_ensure_runs_trains_one_run_per_core_at_a_time_on_one_thread(tmp_path, m
     # ISO timestamps (seconds) of one clock: the second run's store exists only after the
     # first run ended
     assert second.reader.meta()["created_at"] >= first.reader.meta()["ended_at"]
+
+
+def test_the_notebooks_small_budget_trains_at_the_demos_learning_rates():
+    # at the default lr (5e-5) the fresh heads learned nothing in 60 steps (STS r 0.02)
+    from gradlab.config import load_config
+    from gradlab.notebook import SMALL_BUDGET
+
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert (SMALL_BUDGET["lr"], SMALL_BUDGET["encoder_lr"]) == (demo.lr, demo.encoder_lr)
