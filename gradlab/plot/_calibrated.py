@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 
 from gradlab import calibration
 from gradlab.plot import _data, _theme
-from gradlab.plot._draw import _ax, _legend, _one_pair, _select_pairs, _title
+from gradlab.plot._draw import _ax, _clamp_lim, _legend, _one_pair, _select_pairs, _title
 
 __all__ = ["expected_cosine_over_training", "cosine_band", "conflict_band", "has_replicates",
            "NOISE_LABEL"]
@@ -96,8 +96,7 @@ def expected_cosine_over_training(
                 marker="x", ms=3.5, mew=1.0, color=_theme.pair_color(p), transform=foot,
                 clip_on=False, zorder=4)
     undetermined = any(len(v) for v in undetermined.values())
-    low, high = ax.get_ylim()
-    ax.set_ylim(max(low, -1.05), min(high, 1.05))
+    _clamp_lim(ax, -1.05, 1.05)
     edge = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     for x, sign, color in off_scale:  # at the Axes' edge, pointing where the value lies
         ax.plot([x], [0.97 if sign > 0 else 0.03], ls="none", marker="^" if sign > 0 else "v",
