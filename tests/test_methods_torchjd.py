@@ -96,8 +96,10 @@ def brute_cagrad(J: np.ndarray, c: float) -> np.ndarray:
          "jac": lambda z: np.hstack([A, -np.ones((len(A), 1))])},
         {"type": "ineq", "fun": ball, "jac": lambda z: np.append(-2 * (z[:n] - g0), 0.0)},
     ]
+    # start feasible (d = g_0, t = min_i g_i·g_0): from t = 0, SLSQP's line search failed on
+    # an AVX2 machine for one J of the family ("Positive directional derivative")
     z = _slsqp(lambda z: -z[num_params], lambda z: -np.eye(num_params + 1)[num_params],
-               np.append(g0, 0.0), ftol=1e-10, constraints=constraints)
+               np.append(g0, (A @ g0).min()), ftol=1e-10, constraints=constraints)
     return z[:num_params] * scale
 
 
