@@ -200,6 +200,13 @@ def test_identical_methods_stay_visible(synthetic_dirs):
     fig, _ = plot.compare(runs)
     markers = {h.get_label(): h.get_marker() for h in fig.legends[0].legend_handles}
     assert markers["Sum"] != markers["MGDA"]
+    # the histogram of identical cosines: the same outline twice, the lower one wider
+    ax = plot.cosine_distribution(runs, pair="sst-para")
+    widths = {m: [(line.get_linewidth(), line.get_zorder()) for line in ax.get_lines()
+                  if mcolors.to_rgb(line.get_color()) == mcolors.to_rgb(plot.method_color(m))]
+              for m in ("sum", "mgda")}
+    (sum_width, sum_z), (mgda_width, mgda_z) = widths["sum"][0], widths["mgda"][0]
+    assert sum_width > mgda_width and sum_z < mgda_z
 
 
 def test_block_names_in_figures_are_the_data_names(tiny_run):

@@ -247,10 +247,11 @@ def method_style(k: int, n: int) -> dict:
             "ms": ms * (0.5 + 0.5 * share), "zorder": 2.0 + 0.1 * k}
 
 
-def _distinguish_methods(ax: Axes, variants: Sequence[str]) -> None:
+def _distinguish_methods(ax: Axes, variants: Sequence[str], markers: bool = True) -> None:
     """Give each method's lines (found by their theme colour) and legend entries its
     `method_style`; dense curves carry a marker every ~1/8 of their points, staggered by
-    method, so coinciding curves show every method's marker."""
+    method, so coinciding curves show every method's marker. ``markers=False``: widths and
+    layers only (histogram outlines)."""
     if len(variants) < 2:
         return
     styles = {mcolors.to_rgb(_theme.method_color(v)): method_style(k, len(variants))
@@ -265,6 +266,9 @@ def _distinguish_methods(ax: Axes, variants: Sequence[str]) -> None:
         if color not in styles:
             continue
         style = styles[color]
+        if not markers:
+            line.set(lw=style["lw"], zorder=style["zorder"])
+            continue
         line.set(lw=style["lw"], marker=style["marker"], markersize=style["ms"],
                  zorder=style["zorder"], markeredgecolor="white", markeredgewidth=0.4)
         n = len(line.get_xdata())

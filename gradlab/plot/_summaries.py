@@ -19,6 +19,7 @@ from gradlab.plot._draw import (
     Errorbar,
     _ax,
     _clamp_lim,
+    _distinguish_methods,
     _has_seeds,
     _hue_for_pairs,
     _legend,
@@ -132,6 +133,9 @@ def cosine_distribution(
             ax=ax,
             legend=bool(legend),
         )
+        # methods with the same cosines (PCGrad barely moves off the sum here) draw the same
+        # outline: earlier methods wider and lower, so each stays visible
+        _distinguish_methods(ax, _data.order_variants(df["variant"].unique()), markers=False)
         ax.set_ylabel("Density")
     else:
         variants = _data.order_variants(df["variant"].unique())
