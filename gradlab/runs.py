@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,9 @@ class Runs:
                 try:
                     frames.append(getattr(run, accessor)(**run_kwargs))
                 except NoGradientDataError as err:  # it never logs the source asked for
-                    if kwargs.get("source") is None:
-                        raise
                     never.append(err)
+                    if kwargs.get("source") is None:  # it logs no gradient data at all
+                        warnings.warn(f"left out of {accessor}(): {err}", stacklevel=3)
         for key, present in seen.items():
             asked = kwargs[key]
             asked = [asked] if isinstance(asked, str) else list(asked)

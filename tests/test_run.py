@@ -492,3 +492,20 @@ def test_runs_skip_a_run_that_never_logs_the_source(tmp_path):
     with pytest.raises(NoGradientDataError, match="schedule=joint"):
         only_rr.cosines(source="train")
     w1.close(), w2.close()
+
+
+def test_runs_leave_out_a_run_with_no_gradient_data_with_a_warning(tmp_path):
+    """Each run's own default source (source=None): a run that logs no gradient data at all
+    (a frozen encoder, the demo's fourth run) is left out with a warning naming it; an error
+    only when no run has any."""
+    from gradlab.runs import load_runs
+
+    w1, _ = _run_with_config(tmp_path / "joint", probe_every=2)
+    w2, _ = _run_with_config(tmp_path / "frozen", freeze_encoder=True)
+    w1.log_gramians(0, "train", np.eye(3)[None], ["layer.0"], TASKS)
+    w1.close(), w2.close()
+    runs = load_runs([tmp_path / "joint", tmp_path / "frozen"])
+    with pytest.warns(UserWarning, match="left out of cosines.*'frozen'.*freeze_encoder"):
+        assert set(runs.cosines()["run"]) == {"joint"}
+    with pytest.raises(NoGradientDataError, match="freeze_encoder"):
+        load_runs([tmp_path / "frozen"]).cosines()
