@@ -33,6 +33,24 @@ def test_figures_command_writes_every_figure(run_dir, tmp_path, capsys):
     assert {p.stem for p in out.glob("*.pdf")} == names
 
 
+def test_figures_that_would_draw_a_constant_are_skipped_with_the_reason(runs_folder, tmp_path,
+                                                                         capsys):
+    """A summed-loss run never projects (projection rate 0 at every step); round-robin's task
+    weights are its schedule: those files are not written, and stderr says why."""
+    for name, skipped in (("sum-s0", {"projection_rate"}),
+                          ("round_robin-s0", {"projection_rate", "task_weights"}),
+                          ("pcgrad-s0", set())):
+        out = tmp_path / name
+        assert main(["figures", str(runs_folder / name), "--out", str(out)]) == 0
+        names = {p.stem for p in out.glob("*.png")}
+        assert not skipped & names and {"training_curves", "conflicts"} <= names
+        err = capsys.readouterr().err
+        for figure in skipped:
+            assert f"skipped {figure}: " in err
+        if name == "pcgrad-s0":
+            assert {"projection_rate", "task_weights"} <= names
+
+
 @pytest.mark.parametrize("width", ["acl-column", "icml-page"])
 @pytest.mark.parametrize("layout", [None, "constrained"])
 def test_figure_with_colorbar_exports_at_a_width(run_dir, tmp_path, width, layout):

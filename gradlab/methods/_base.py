@@ -72,6 +72,9 @@ class Method:
 
     name: str = "method"
     blockwise: bool = False
+    #: whether it logs PCGrad-style projection events (else its projection rate is 0 by
+    #: construction and no figure shows it)
+    projects: bool = False
 
     def __call__(self, inp: MethodInput) -> MethodOutput:  # pragma: no cover - interface
         raise NotImplementedError

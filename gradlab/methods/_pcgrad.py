@@ -60,6 +60,7 @@ class PCGrad(SeededGenerator, Method):
     """
 
     name = "pcgrad"
+    projects = True
 
     def __init__(self, reduction: str = "sum", seed: int = 0) -> None:
         _check_choice(self.name, "reduction", reduction, _REDUCTIONS)

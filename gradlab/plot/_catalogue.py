@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from gradlab.methods import METHODS
 from gradlab.plot import _axes, _data, _summaries, _theme
 from gradlab.plot._arrows import gradient_arrows
 from gradlab.plot._calibrated import expected_cosine_over_training, has_replicates
@@ -58,11 +59,34 @@ def run_figures(run) -> dict[str, Callable[[str | float], Figure]]:
     for pair in pairs_of(run, "probe"):
         figures[f"layer_heatmap_{pair}"] = _one(_axes.layer_heatmap, run, pair=pair,
                                                 source="probe")  # fmt: skip
+    unfit = _unfit_reasons(run)
     for name, fn, kwargs in RUN_FIGURES:
-        figures[name] = _one(fn, run, **kwargs)
+        figures[name] = _refused(unfit[name]) if name in unfit else _one(fn, run, **kwargs)
     if has_replicates(run):  # replicate probes (K >= 2): the noise-corrected cosines
         figures["expected_cosine"] = _one(expected_cosine_over_training, run)
     return figures
+
+
+def _unfit_reasons(run) -> dict[str, str]:
+    """Figures of RUN_FIGURES that would only draw a constant for ``run``, with the reason."""
+    reasons = {}
+    method = METHODS.get(run.method)
+    if not logs_gradients(run):
+        reasons["projection_rate"] = reasons["task_weights"] = (
+            f"run {run.name!r} logs no gradient data (its method never sees a shared gradient)")
+    if method is None or not method.projects:
+        reasons["projection_rate"] = (f"method {run.method!r} never projects (its projection "
+                                      "rate is 0 at every step)")
+    if run.schedule == "round_robin":
+        reasons["task_weights"] = ("round-robin trains one task per step: its task weights are "
+                                   "the schedule (1 for that task, 0 for the others)")
+    return reasons
+
+
+def _refused(reason: str) -> Callable[[str | float], Figure]:
+    def make(width: str | float) -> Figure:
+        raise ValueError(reason)
+    return make
 
 
 def logs_gradients(run) -> bool:
@@ -106,7 +130,8 @@ def write_figures(
 ) -> list[Path]:
     """Build each figure at ``width`` and export it under ``out``; returns the written files.
 
-    A figure the data cannot give (e.g. projection rates of a summed-loss run) is skipped
+    A figure the data cannot give (e.g. projection rates of a summed-loss run, whose method
+    never projects) is skipped
     with a line on stderr naming the reason. A figure that does not fit ``width`` (see
     `export`) is not written, and the others are; then `FigureFitError` names every such
     figure.
