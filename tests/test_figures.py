@@ -33,6 +33,7 @@ def test_figures_command_writes_every_figure(run_dir, tmp_path, capsys):
     assert {p.stem for p in out.glob("*.pdf")} == names
 
 
+@pytest.mark.slow  # three whole figure sets (about 40 s here)
 def test_figures_that_would_draw_a_constant_are_skipped_with_the_reason(runs_folder, tmp_path,
                                                                          capsys):
     """A summed-loss run never projects (projection rate 0 at every step); round-robin's task
