@@ -16,7 +16,16 @@ in forward+backward passes, and (``--ops``) the probe's top operators from torch
 question is whether anything besides the passes themselves could be cut. ``--probe-batch-size``
 times the probe on smaller batches (the estimators take any batch size).
 
+``--real-data``: real batches instead of the fixed random ones, as a run gets them: the parts
+come from ``gradlab.build.build_parts`` (the task files' training sets, tokenized, at
+``--seq-len`` = max_length), each round's step takes the next training batch of every task
+from the run's own batchers and each round's probe the K*T probe batches of step 25 x round
+(`gradlab.probe.probe_inputs`), each padded to its longest sentence as in training. Sentences
+are shorter than 64 tokens and vary, so both the step and the probe cost less than on the
+random batches, and their ratio is the one a real run pays.
+
 Run: python benchmarks/probe_profile.py [--quick] [--threads 2] [--repeats 5] [--ops]
+[--real-data]
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--ops", action="store_true",
                         help="also profile one probe's operators (torch.profiler)")
+    parser.add_argument("--real-data", action="store_true",
+                        help="the task files' training batches (padded to their longest) "
+                             "instead of fixed random batches of --seq-len tokens")
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
     probe_b = args.probe_batch_size or args.batch_size
@@ -52,18 +64,27 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = bench.make_config(args.quick, batch_size=args.batch_size, probe_batch_size=probe_b,
                             max_length=args.seq_len, probe_replicates=args.replicates)
-    s = bench.build_setup(cfg, seq_len=args.seq_len)
-    engine = bench.make_engine(s)
-    parts = dataclasses.replace(s.parts, engine=engine, probe_replicates=args.replicates)
+    if args.real_data:
+        parts, batches_of_round = _real_parts(cfg)
+        tasks, engine = parts.tasks, parts.engine
+        shape = f"training files, max_length {args.seq_len}, padded to each batch's longest"
+    else:
+        s = bench.build_setup(cfg, seq_len=args.seq_len)
+        engine = bench.make_engine(s)
+        parts = dataclasses.replace(s.parts, engine=engine, probe_replicates=args.replicates)
+        tasks = s.tasks
+        probe_batches = [(task, _rows(batch, probe_b)) for a in range(args.replicates)
+                         for task, batch in s.batches.items()]
+        step_batches = list(s.batches.items())
+        shape = f"fixed random batches of {args.seq_len} tokens"
     print(f"encoder: {bench.encoder_label(args)}; P = {engine.num_params:,}; K = "
-          f"{args.replicates}; step batches {args.batch_size} x {args.seq_len}, probe batches "
-          f"{probe_b} x {args.seq_len} per task")
+          f"{args.replicates}; step batches of {args.batch_size}, probe batches of {probe_b} "
+          f"per task ({shape})")
 
-    probe_batches = [(task, _rows(batch, probe_b)) for a in range(args.replicates)
-                     for task, batch in s.batches.items()]
-    step_batches = list(s.batches.items())
     times: dict[str, list[float]] = defaultdict(list)
     for r in range(repeats + 1):
+        if args.real_data:
+            step_batches, probe_batches = batches_of_round(r)
         probe_t = _probe(parts, probe_batches)
         step_t = _step(parts, step_batches)
         if r == 0:
@@ -86,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedians of {repeats} rounds (per phase: summed over the passes of one probe or "
           "step)")
     bench.print_table(rows, ["what", "phase", "median_s", "share"])
-    passes_p = args.replicates * len(s.tasks)
+    passes_p = args.replicates * len(tasks)
     fb_probe = (med["probe.forward"] + med["probe.backward"]) / passes_p
-    fb_step = (med["step.forward"] + med["step.backward"]) / len(s.tasks)
+    fb_step = (med["step.forward"] + med["step.backward"]) / len(tasks)
     ratio = med["probe.total"] / med["step.total"]
     paired = statistics.median(p / q for p, q in zip(times["probe.total"], times["step.total"],
                                                     strict=True))
@@ -99,11 +120,30 @@ def main(argv: list[str] | None = None) -> int:
     results = {"medians": med, "ratio_to_engine_step": ratio, "paired_ratio": paired,
                "pass_probe_s": fb_probe,
                "pass_step_s": fb_step, "replicates": args.replicates,
-               "probe_batch_size": probe_b, "batch_size": args.batch_size}
+               "probe_batch_size": probe_b, "batch_size": args.batch_size,
+               "real_data": args.real_data,
+               "amortised_at_25": ratio / 25}
+    print(f"amortised at probe_every = 25: +{100 * ratio / 25:.1f}% of the step time "
+          "(probe / (25 x step))")
     if args.ops:
         results["ops"] = _ops(parts, probe_batches)
     bench.finish(header, results, save=not args.no_save)
     return 0
+
+
+def _real_parts(cfg):
+    """A run's parts on the task files (``build_parts``) and, per round r, its batches: the
+    step's (the next training batch of each task) and the probe's (step 25 x (r + 1))."""
+    from gradlab.build import build_parts
+    from gradlab.probe import probe_inputs
+
+    parts = build_parts(cfg)
+
+    def batches_of_round(r: int):
+        step = [(task, parts.batch(task, next(parts.batchers[task]))) for task in parts.tasks]
+        return step, probe_inputs(parts, 25 * (r + 1))
+
+    return parts, batches_of_round
 
 
 def _rows(batch: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
