@@ -446,7 +446,7 @@ def build_setup(cfg, *, seq_len: int = 64, seed: int = 0, method: str = "sum") -
         loss=TaskLoss(specs=model.task_specs, precision=cfg.precision),
         max_length=cfg.max_length,
         max_grad_norm=cfg.max_grad_norm, device=cfg.device)
-    parts.probe_batches = random_batches(model, tasks, batch_size=cfg.probe_batch_size,
+    parts.probe_batches = random_batches(model, tasks, batch_size=cfg.probe_size,
                                          seq_len=seq_len, special=special,
                                          vocab_size=model.encoder.config.vocab_size,
                                          seed=seed + 1)

@@ -21,7 +21,7 @@ Variants:
                   as skipped)
   pcgrad_noinstr  pcgrad without the Monitor: pcgrad / pcgrad_noinstr is the
                   instrumentation overhead (issue 3 target <= 1.03)
-  probe           one probe (gradlab.probe.probe: all task gradients on fixed probe batches
+  probe           one probe (gradlab.probe.probe: all task gradients on probe batches
                   in eval mode, counterfactual methods sum/mean/pcgrad; logged to the store)
 
 On a GPU (--device cuda) every step is timed between torch.cuda.synchronize() calls (the
@@ -192,7 +192,7 @@ def report_gpu_memory(peaks: dict, engine, s: bench.Setup) -> dict:
 
 def make_probe(s: bench.Setup, engine, store_root: Path, seq_len: int):
     """A callable doing what the training loop does on a probe step: ``gradlab.probe.probe``
-    (all task gradients on the fixed probe batches, eval mode, counterfactual weights) and
+    (all task gradients on the probe batches, eval mode, counterfactual weights) and
     the Monitor logging it to a real run store."""
     import dataclasses
 

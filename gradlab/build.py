@@ -140,7 +140,7 @@ def build_parts(cfg: TrainConfig, dist: DistInfo | None = None) -> Parts:
         engine=engine, optimizer=optimizer, scheduler=scheduler, method_name=cfg.method,
         method=method, counterfactuals=counterfactuals, schedule=schedule, total_steps=total,
         loss=_loss(cfg), max_length=cfg.max_length, max_grad_norm=cfg.max_grad_norm,
-        device=cfg.device, dist=dist, seed=cfg.seed, probe_batch_size=cfg.probe_batch_size,
+        device=cfg.device, dist=dist, seed=cfg.seed, probe_batch_size=cfg.probe_size,
         probe_replicates=cfg.probe_replicates)
     parts.probe_batches = {t: probe_batch(parts, 0, t, 0) for t in tasks}
     return parts

@@ -109,8 +109,8 @@ class TrainConfig:
     max_skipped_share: float = 0.1
     # --- evaluation, probes, checkpoints ----------------------------------------------
     eval_every: int = 0  # evaluate on dev every N steps (0: only at the end)
-    probe_every: int = 25  # compute all task gradients on fixed probe batches every N steps
-    probe_batch_size: int = 16
+    probe_every: int = 25  # every N steps: all task gradients on probe batches (eval mode)
+    probe_batch_size: int | None = None  # examples per task per probe batch; null: batch_size
     probe_replicates: int = 2  # K independent probe batches per task (K >= 2: calibration)
     counterfactual_methods: list[str] = field(default_factory=lambda: ["sum", "mean", "pcgrad"])
     measure_counterfactual: bool = False  # virtual step per method on probe steps (costly)
@@ -128,6 +128,16 @@ class TrainConfig:
     # storage of the per-task gradients J [T, P]: "float32" | "bfloat16" (half the memory;
     # Gramians still summed in float64, the update in float32); float16 is refused (range)
     gradient_dtype: str = "float32"
+
+    @property
+    def probe_size(self) -> int:
+        """Examples per task in each probe batch: ``probe_batch_size``, or ``batch_size``
+        when it is null (the default), so that probe and training gradients are equally noisy.
+
+        >>> TrainConfig(batch_size=32).probe_size, TrainConfig(probe_batch_size=8).probe_size
+        (32, 8)
+        """
+        return self.batch_size if self.probe_batch_size is None else self.probe_batch_size
 
     @property
     def optimizer_steps(self) -> int:

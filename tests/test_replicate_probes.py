@@ -128,6 +128,22 @@ def test_probe_batches_differ_between_steps_and_replicates():
     assert not torch.equal(probe_batch(parts, 25, "sst", 0)["input_ids"], batch["input_ids"])
 
 
+@pytest.mark.parametrize(("changes", "rows"), [({"batch_size": 6, "probe_batch_size": None}, 6),
+                                             ({"batch_size": 6, "probe_batch_size": 3}, 3)])
+def test_probe_batches_are_training_batch_sized_unless_set(changes, rows):
+    parts = tiny_parts(**changes)
+    assert {len(batch["labels"]) for _, batch in probe_inputs(parts, 2)} == {rows}
+
+
+def test_a_run_without_probe_batch_size_calibrates_at_its_batch_size(tmp_path):
+    run_dir, cfg = _train(tmp_path, "b3", batch_size=3, probe_batch_size=None)
+    run = gradlab.load_run(run_dir)
+    assert run.config["probe_batch_size"] is None
+    noise = run.noise_scale(window=None)  # B_noise in examples: it scales with the batch size
+    pd.testing.assert_frame_equal(noise, run.noise_scale(window=None, batch_size=3))
+    assert not noise.equals(run.noise_scale(window=None, batch_size=16))
+
+
 def test_accessors_equal_calibration_on_the_stored_gramians(tmp_path):
     run_dir, cfg = _train(tmp_path, "acc", probe_replicates=2)
     run = gradlab.load_run(run_dir)

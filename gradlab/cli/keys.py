@@ -23,7 +23,7 @@ _MEANING = {
     "head_dropout": "dropout before each task head",
     "weight_decay": "AdamW weight decay (heads, and the encoder unless encoder_weight_decay "
                     "is set)",
-    "probe_batch_size": "examples per task in each probe batch",
+    "probe_batch_size": "examples per task in each probe batch (null: batch_size)",
     "encoder_weight_decay": "AdamW weight decay of the shared encoder (null: weight_decay)",
     "save_checkpoints": "write checkpoints (last, best, step-N); false: none at all",
 }

@@ -171,8 +171,9 @@ def cosine_over_training(
 ) -> Axes:
     """Cosine similarity of each task pair's gradients over training, zero line marked.
 
-    ``source``: "train" (every training step), "probe" (fixed probe batches, the fair
-    comparison with round-robin) or None (train if every run logged it, else probe).
+    ``source``: "train" (every training step), "probe" (the probe batches, the same for every
+    run of a seed: the fair comparison with round-robin) or None (train if every run logged
+    it, else probe).
     ``x``: "step", "task_batches" or "auto", as in `training_curves`. ``noise_band``: a
     grey band where a raw cosine (or its ``smooth``-step mean) lies, 95%, if the expected
     cosine were 0 (`Run.raw_cosine_spread` of the replicate probes; drawn for a Run or
