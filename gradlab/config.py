@@ -152,6 +152,14 @@ class TrainConfig:
         return self.steps
 
 
+def stored_probe_size(config: Mapping[str, Any]) -> int:
+    """`TrainConfig.probe_size` of a run's stored config (a plain mapping): its
+    probe_batch_size, or its batch_size when that is null (runs stored before the null
+    default hold 16), or the default batch_size when the config names neither."""
+    return int(config.get("probe_batch_size") or config.get("batch_size")
+               or TrainConfig.batch_size)
+
+
 def config_keys() -> list[str]:
     """Names of every valid config key."""
     return [f.name for f in fields(TrainConfig)]

@@ -65,13 +65,9 @@ class CalibratedAccessors:
         return self._calibrated("raw_cosine_spread", "raw_cos_sd", window, blocks, level, units)
 
     def _probe_batch_size(self) -> int:
-        """The run's probe batch size: its probe_batch_size, or its batch_size when that is
-        null (the default since 2026-12; older runs stored 16)."""
-        from gradlab.config import TrainConfig
+        from gradlab.config import stored_probe_size
 
-        config = self.config
-        return int(config.get("probe_batch_size") or config.get("batch_size")
-                   or TrainConfig.batch_size)
+        return stored_probe_size(self.config)
 
     def _calibrated(self, kind: str, quantity: str, window: int | None,
                     blocks: str | Sequence[str] | None, level: float, units: str,

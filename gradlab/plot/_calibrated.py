@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from gradlab import calibration
+from gradlab.config import stored_probe_size
 from gradlab.plot import _data, _theme
 from gradlab.plot._draw import _ax, _clamp_lim, _legend, _one_pair, _select_pairs, _title
 
@@ -221,9 +222,7 @@ def _points_averaged(df: pd.DataFrame, smooth: int | None) -> float:
 
 def _same_batches(run) -> bool:
     config = getattr(run, "config", {}) or {}
-    batch = config.get("batch_size")
-    probe = config.get("probe_batch_size") or batch
-    return batch is None or probe == batch
+    return config.get("batch_size") is None or stored_probe_size(config) == config["batch_size"]
 
 
 def _unordered(pairs) -> set[str]:
